@@ -1,0 +1,407 @@
+//! The command line and environment (SPEC §1) turned into a `Command`.
+//!
+//! Parsing is pure: arguments and an environment lookup go in, a value or an error a user can
+//! act on comes out. Flags win over the environment. Nothing here opens files or sockets.
+
+use crate::domain::{Role, UserId};
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8989";
+pub const DEFAULT_DB: &str = "./periode-sse.db";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub heartbeat_secs: u64,
+    pub retry_ms: u64,
+    pub max_conns_per_user: usize,
+    /// `None`: derived from the open-files limit at start-up.
+    pub max_conns: Option<usize>,
+    pub cors: Cors,
+    pub demo: bool,
+    pub log_level: log::LevelFilter,
+}
+
+/// Which browser origins may read our answers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Cors {
+    pub any: bool,
+    pub origins: Vec<String>,
+}
+
+impl Cors {
+    pub fn is_enabled(&self) -> bool {
+        self.any || !self.origins.is_empty()
+    }
+
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        self.any || self.origins.iter().any(|o| o.as_bytes() == origin)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenArgs {
+    pub user: UserId,
+    pub role: Role,
+    pub ttl_secs: i64,
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Serve(Config),
+    Token(TokenArgs),
+    Help,
+    Version,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\nRun `periode-sse --help` for the options.", self.0)
+    }
+}
+
+impl From<lexopt::Error> for ConfigError {
+    fn from(e: lexopt::Error) -> ConfigError {
+        ConfigError(e.to_string())
+    }
+}
+
+pub const USAGE: &str = "\
+periode-sse: pushes each user's spending-limit status to their apps over Server-Sent Events
+
+Usage:
+  periode-sse [serve] [OPTIONS]
+  periode-sse token USER_ID [--role user|admin] [--ttl SECS] [--db PATH]
+
+Serve options:
+  --listen ADDR              address to bind [env PERIODE_SSE_LISTEN] (default 127.0.0.1:8989)
+  --db PATH                  SQLite file, created when missing [env PERIODE_SSE_DB]
+                             (default ./periode-sse.db)
+  --heartbeat SECS           heartbeat period of every stream (default 30)
+  --retry-ms MS              `retry:` sent to clients at connect (default 5000)
+  --max-conns-per-user N     open streams one user may hold (default 100)
+  --max-conns N              open connections in all (default: from the open-files limit)
+  --cors-origin ORIGIN       allowed browser origin; repeat or separate with commas; * = any
+  --demo                     make sure demo user 13 exists with a limit and transactions
+  --log-level LEVEL          error, warn, info, debug or trace [env RUST_LOG] (default info)
+
+The HS256 key is JWT_SECRET (at least 32 bytes) when set, otherwise a random key kept in
+<db>.secret, which `periode-sse token` reads too.
+";
+
+pub fn parse_args(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut first = true;
+    let mut listen: Option<String> = None;
+    let mut db: Option<PathBuf> = None;
+    let mut heartbeat_secs = 30;
+    let mut retry_ms = 5000;
+    let mut max_conns_per_user = 100;
+    let mut max_conns = None;
+    let mut cors = Cors::default();
+    let mut demo = false;
+    let mut log_level: Option<String> = None;
+    while let Some(arg) = parser.next()? {
+        use lexopt::prelude::*;
+        match arg {
+            Value(v) if first && v == "serve" => {}
+            Value(v) if first && v == "token" => {
+                return parse_token(parser, &env).map(Command::Token)
+            }
+            Long("help") | Short('h') => return Ok(Command::Help),
+            Long("version") | Short('V') => return Ok(Command::Version),
+            Long("listen") => listen = Some(string(parser.value()?)?),
+            Long("db") => db = Some(parser.value()?.into()),
+            Long("heartbeat") => heartbeat_secs = number(&mut parser, "--heartbeat", 1, 86_400)?,
+            Long("retry-ms") => retry_ms = number(&mut parser, "--retry-ms", 0, 3_600_000)?,
+            Long("max-conns-per-user") => {
+                max_conns_per_user =
+                    number(&mut parser, "--max-conns-per-user", 1, 1 << 30)? as usize
+            }
+            Long("max-conns") => {
+                max_conns = Some(number(&mut parser, "--max-conns", 1, 1 << 30)? as usize)
+            }
+            Long("cors-origin") => {
+                for origin in string(parser.value()?)?.split(',') {
+                    let origin = origin.trim();
+                    match origin {
+                        "" => {}
+                        "*" => cors.any = true,
+                        o => cors.origins.push(o.trim_end_matches('/').to_string()),
+                    }
+                }
+            }
+            Long("demo") => demo = true,
+            Long("log-level") => log_level = Some(string(parser.value()?)?),
+            other => return Err(other.unexpected().into()),
+        }
+        first = false;
+    }
+    let listen_text = listen
+        .or_else(|| env("PERIODE_SSE_LISTEN"))
+        .unwrap_or(DEFAULT_LISTEN.into());
+    let listen = listen_text.parse().map_err(|_| {
+        ConfigError(format!(
+            "--listen {listen_text:?} is not an address like 127.0.0.1:8989"
+        ))
+    })?;
+    let log_level = match log_level {
+        Some(text) => parse_level(&text).ok_or_else(|| {
+            ConfigError(format!(
+                "--log-level {text:?}: use error, warn, info, debug or trace"
+            ))
+        })?,
+        // RUST_LOG may hold a filter list (`mycrate=debug,…`); a bare level is all we read.
+        None => env("RUST_LOG")
+            .and_then(|t| parse_level(&t))
+            .unwrap_or(log::LevelFilter::Info),
+    };
+    Ok(Command::Serve(Config {
+        listen,
+        db: db_path(db, &env),
+        heartbeat_secs,
+        retry_ms,
+        max_conns_per_user,
+        max_conns,
+        cors,
+        demo,
+        log_level,
+    }))
+}
+
+fn parse_token(
+    mut parser: lexopt::Parser,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<TokenArgs, ConfigError> {
+    use lexopt::prelude::*;
+    let mut user = None;
+    let mut role = Role::User;
+    let mut ttl_secs = 3600;
+    let mut db = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Value(v) if user.is_none() => {
+                let text = string(v)?;
+                let id = text
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|id| *id >= 0)
+                    .ok_or_else(|| {
+                        ConfigError(format!("USER_ID {text:?} is not a non-negative integer"))
+                    })?;
+                user = Some(UserId(id));
+            }
+            Long("role") => {
+                role = match string(parser.value()?)?.as_str() {
+                    "user" => Role::User,
+                    "admin" => Role::Admin,
+                    other => {
+                        return Err(ConfigError(format!("--role {other:?}: use user or admin")))
+                    }
+                }
+            }
+            Long("ttl") => ttl_secs = number(&mut parser, "--ttl", 1, 10 * 365 * 86_400)? as i64,
+            Long("db") => db = Some(parser.value()?.into()),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let user = user
+        .ok_or_else(|| ConfigError("token needs a USER_ID, e.g. `periode-sse token 13`".into()))?;
+    Ok(TokenArgs {
+        user,
+        role,
+        ttl_secs,
+        db: db_path(db, env),
+    })
+}
+
+fn db_path(flag: Option<PathBuf>, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    flag.or_else(|| env("PERIODE_SSE_DB").map(PathBuf::from))
+        .unwrap_or_else(|| DEFAULT_DB.into())
+}
+
+fn string(value: OsString) -> Result<String, ConfigError> {
+    value
+        .into_string()
+        .map_err(|v| ConfigError(format!("{v:?} is not valid UTF-8")))
+}
+
+fn number(parser: &mut lexopt::Parser, flag: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let text = string(parser.value()?)?;
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError(format!(
+            "{flag} {text:?}: expected a whole number from {min} to {max}"
+        ))),
+    }
+}
+
+fn parse_level(text: &str) -> Option<log::LevelFilter> {
+    text.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_args(args.iter().map(OsString::from), move |k| {
+            env.iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match parse(args, env) {
+            Ok(Command::Serve(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.listen, "127.0.0.1:8989".parse().unwrap());
+        assert_eq!(c.db, PathBuf::from("./periode-sse.db"));
+        assert_eq!(
+            (c.heartbeat_secs, c.retry_ms, c.max_conns_per_user),
+            (30, 5000, 100)
+        );
+        assert_eq!(c.max_conns, None);
+        assert!(!c.cors.is_enabled() && !c.demo);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(serve(&["serve"], &[]), c);
+    }
+
+    #[test]
+    fn flags_win_over_env() {
+        let env = [
+            ("PERIODE_SSE_LISTEN", "127.0.0.1:1"),
+            ("PERIODE_SSE_DB", "/e.db"),
+            ("RUST_LOG", "debug"),
+        ];
+        let c = serve(&[], &env);
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.db, PathBuf::from("/e.db"));
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        let c = serve(
+            &[
+                "--listen",
+                "127.0.0.1:2",
+                "--db",
+                "/f.db",
+                "--log-level",
+                "warn",
+            ],
+            &env,
+        );
+        assert_eq!(
+            (c.listen.port(), c.db, c.log_level),
+            (2, PathBuf::from("/f.db"), log::LevelFilter::Warn)
+        );
+    }
+
+    #[test]
+    fn every_serve_option() {
+        let c = serve(
+            &[
+                "--heartbeat",
+                "1",
+                "--retry-ms",
+                "100",
+                "--max-conns-per-user",
+                "3",
+                "--max-conns",
+                "50",
+                "--cors-origin",
+                "http://a, http://b/",
+                "--cors-origin",
+                "http://c",
+                "--demo",
+            ],
+            &[],
+        );
+        assert_eq!(
+            (
+                c.heartbeat_secs,
+                c.retry_ms,
+                c.max_conns_per_user,
+                c.max_conns
+            ),
+            (1, 100, 3, Some(50))
+        );
+        assert_eq!(c.cors.origins, vec!["http://a", "http://b", "http://c"]);
+        assert!(c.cors.allows(b"http://b") && !c.cors.allows(b"http://d") && !c.cors.any);
+        assert!(c.demo);
+        assert!(serve(&["--cors-origin", "*"], &[])
+            .cors
+            .allows(b"http://anything"));
+    }
+
+    #[test]
+    fn token_command() {
+        let got = parse(&["token", "13"], &[("PERIODE_SSE_DB", "/x.db")]).unwrap();
+        assert_eq!(
+            got,
+            Command::Token(TokenArgs {
+                user: UserId(13),
+                role: Role::User,
+                ttl_secs: 3600,
+                db: "/x.db".into()
+            })
+        );
+        let got = parse(
+            &[
+                "token", "0", "--role", "admin", "--ttl", "60", "--db", "/y.db",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            Command::Token(TokenArgs {
+                user: UserId(0),
+                role: Role::Admin,
+                ttl_secs: 60,
+                db: "/y.db".into()
+            })
+        );
+    }
+
+    #[test]
+    fn mistakes_say_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--heartbeat", "0"], "--heartbeat \"0\""),
+            (&["--heartbeat", "x"], "whole number"),
+            (&["--listen", "nowhere"], "not an address"),
+            (&["--bogus"], "bogus"),
+            (&["token"], "needs a USER_ID"),
+            (&["token", "-4"], ""),
+            (&["token", "abc"], "non-negative"),
+            (&["token", "1", "--role", "root"], "use user or admin"),
+            (&["--log-level", "loud"], "--log-level"),
+        ];
+        for (args, needle) in cases {
+            match parse(args, &[]) {
+                Err(e) => assert!(e.to_string().contains(needle), "{args:?}: {e}"),
+                Ok(c) => panic!("{args:?} parsed as {c:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! One connection's state, and the only code that reads or writes its socket.
+//!
+//! Socket errors are folded here into a few outcomes (`Read` / `Write`) so the server never
+//! matches on `io::ErrorKind`. A connection's phase is an enum:
+//!
+//!   Request ──request──▶ Request (keep-alive)       answer written, wait for the next
+//!      │     ──write───▶ Committing ──commit──▶ Request
+//!      │     ──stream──▶ Stream ──end (expiry, deactivation, shutdown)──▶ Closing
+//!      └──error / close──▶ Closing ──FIN sent, EOF or linger timeout──▶ (reaped)
+//!
+//! Density matters more than anything here: an idle stream is this struct and nothing else.
+//! Bytes wait in `unsent` only while the kernel refuses them, and the request buffer exists
+//! only while a request is half-received.
+
+use crate::domain::UserId;
+use crate::metrics::CloseReason;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+
+pub enum Phase {
+    /// Waiting for a request, or reading one.
+    Request,
+    /// A write request is waiting for this turn's commit; reading is paused.
+    Committing,
+    Stream(StreamState),
+    /// Ending: flush what is unsent, send FIN, then wait for the client's EOF (or the linger
+    /// deadline) so that the last bytes are not lost to a reset.
+    Closing {
+        user: Option<UserId>,
+        fin_sent: bool,
+    },
+}
+
+pub struct StreamState {
+    pub user: UserId,
+    /// Monotonic ms at which the token's `exp` plus leeway passes.
+    pub expires_at_ms: u64,
+    pub next_heartbeat_ms: u64,
+    /// HTTP/1.1 streams are chunked (so their end is visible); HTTP/1.0 ones close-delimited.
+    pub chunked: bool,
+}
+
+/// Bytes of a request that has not fully arrived, and when its first byte came.
+pub struct InBuf {
+    pub bytes: Vec<u8>,
+    pub started_ms: u64,
+}
+
+/// Bytes the kernel would not take yet.
+pub struct Unsent {
+    pub bytes: Vec<u8>,
+    pub from: usize,
+    /// When the backlog first went over the soft cap (monotonic ms), if it is over now.
+    pub over_soft_since: Option<u64>,
+}
+
+impl Unsent {
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.from
+    }
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    pub gen: u32,
+    pub phase: Phase,
+    pub inbuf: Option<Box<InBuf>>,
+    pub unsent: Option<Box<Unsent>>,
+    /// Set once the connection is queued for reaping; nothing more is done with it.
+    pub doomed: Option<CloseReason>,
+    /// The connection has answered at least one request (its idle timeout is the longer one).
+    pub served: bool,
+}
+
+pub enum ReadOutcome {
+    /// `n` bytes appended.
+    Data(usize),
+    WouldBlock,
+    /// Orderly EOF from the peer.
+    Eof,
+    /// Reset or another error: the peer is gone.
+    Gone,
+}
+
+pub enum WriteOutcome {
+    /// All given bytes were taken.
+    Done,
+    /// Only the first `n` bytes were taken; the socket is full.
+    Partial(usize),
+    Failed,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, gen: u32) -> Conn {
+        Conn {
+            sock,
+            gen,
+            phase: Phase::Request,
+            inbuf: None,
+            unsent: None,
+            doomed: None,
+            served: false,
+        }
+    }
+
+    pub fn stream_user(&self) -> Option<UserId> {
+        match &self.phase {
+            Phase::Stream(s) => Some(s.user),
+            _ => None,
+        }
+    }
+
+    /// Appends up to `max` bytes from the socket to `buf`.
+    pub fn read_into(&mut self, buf: &mut Vec<u8>, max: usize) -> ReadOutcome {
+        let start = buf.len();
+        buf.resize(start + max, 0);
+        let result = loop {
+            match self.sock.read(&mut buf[start..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match result {
+            Ok(0) => {
+                buf.truncate(start);
+                ReadOutcome::Eof
+            }
+            Ok(n) => {
+                buf.truncate(start + n);
+                ReadOutcome::Data(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf.truncate(start);
+                ReadOutcome::WouldBlock
+            }
+            Err(_) => {
+                buf.truncate(start);
+                ReadOutcome::Gone
+            }
+        }
+    }
+
+    /// Writes as much of `bytes` as the kernel takes now.
+    pub fn write_now(&mut self, bytes: &[u8]) -> WriteOutcome {
+        let mut done = 0;
+        while done < bytes.len() {
+            match self.sock.write(&bytes[done..]) {
+                Ok(0) => return WriteOutcome::Failed,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return WriteOutcome::Partial(done)
+                }
+                Err(_) => return WriteOutcome::Failed,
+            }
+        }
+        WriteOutcome::Done
+    }
+
+    /// Half-closes: the client sees the end of the response.
+    pub fn send_fin(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Bytes the kernel still holds for this socket (sent or not, not yet acknowledged).
+    pub fn kernel_queued(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer, which is valid.
+        let rc = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc == 0 {
+            queued.max(0) as usize
+        } else {
+            0
+        }
+    }
+
+    /// Caps the kernel's send buffer for a stream: what a stalled reader can pin in the kernel
+    /// stays small, and it counts toward the slow-consumer limit.
+    pub fn limit_send_buffer(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let value = bytes as libc::c_int;
+        // SAFETY: SO_SNDBUF reads one c_int from the pointer, which is valid for its size.
+        unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}

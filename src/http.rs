@@ -1,0 +1,428 @@
+//! HTTP/1.1 request reading and response writing, without sockets.
+//!
+//! `parse_request` takes whatever bytes have arrived and says `Partial`, `Complete` (with how
+//! many bytes the request used, so pipelined requests follow) or `Reject` with the status to
+//! answer. It never retries forever: the head is bounded by `MAX_HEAD_BYTES` here and the
+//! server bounds the time. Only the headers the server acts on are kept. Everything that could
+//! let a request be read two ways (`Transfer-Encoding`, conflicting `Content-Length`) is
+//! refused rather than guessed at.
+
+use std::fmt::Write as _;
+
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// More headers than this is no client we serve: answered 431.
+const MAX_HEADERS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Options,
+    Other,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub method: Method,
+    /// The path without its query, still percent-encoded.
+    pub path: &'a str,
+    /// The query without its `?`, still percent-encoded; empty when there is none.
+    pub query: &'a str,
+    /// HTTP/1.0 clients get close-delimited responses.
+    pub http10: bool,
+    pub keep_alive: bool,
+    pub authorization: Option<&'a [u8]>,
+    pub last_event_id: Option<&'a [u8]>,
+    pub origin: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+/// Why a request cannot be served; answered with `status` and then the connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parse<'a> {
+    /// More bytes are needed.
+    Partial,
+    /// A whole request, and how many bytes of the buffer it used.
+    Complete(Request<'a>, usize),
+    Reject(Rejection),
+}
+
+const fn reject(status: u16, code: &'static str, message: &'static str) -> Rejection {
+    Rejection {
+        status,
+        code,
+        message,
+    }
+}
+
+pub const HEAD_TOO_LARGE: Rejection = reject(
+    431,
+    "headers_too_large",
+    "the request head is larger than 8 KiB",
+);
+pub const BODY_TOO_LARGE: Rejection = reject(
+    413,
+    "body_too_large",
+    "the request body is larger than 64 KiB",
+);
+pub const TIMEOUT: Rejection = reject(
+    408,
+    "request_timeout",
+    "the request was not complete within 10 s",
+);
+const MALFORMED: Rejection = reject(400, "bad_request", "malformed request line or headers");
+const BAD_LENGTH: Rejection = reject(400, "bad_request", "invalid or conflicting Content-Length");
+const CHUNKED: Rejection = reject(
+    501,
+    "not_implemented",
+    "Transfer-Encoding on requests is not supported",
+);
+const TOO_MANY_HEADERS: Rejection = reject(431, "headers_too_large", "too many request headers");
+const BAD_VERSION: Rejection = reject(400, "bad_request", "only HTTP/1.0 and HTTP/1.1 are served");
+
+pub fn parse_request(buf: &[u8]) -> Parse<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > MAX_HEAD_BYTES {
+                Parse::Reject(HEAD_TOO_LARGE)
+            } else {
+                Parse::Partial
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Parse::Reject(TOO_MANY_HEADERS),
+        Err(_) => return Parse::Reject(MALFORMED),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Parse::Reject(HEAD_TOO_LARGE);
+    }
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Parse::Reject(MALFORMED);
+    };
+    if version > 1 {
+        return Parse::Reject(BAD_VERSION);
+    }
+    let http10 = version == 0;
+    let mut keep_alive = !http10;
+    let mut content_length: Option<usize> = None;
+    let (mut authorization, mut last_event_id, mut origin) = (None, None, None);
+    for h in req.headers.iter() {
+        let name = h.name;
+        let value = h.value;
+        if value.contains(&0) {
+            return Parse::Reject(MALFORMED);
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = parse_content_length(value) else {
+                return Parse::Reject(BAD_LENGTH);
+            };
+            if content_length.is_some_and(|prev| prev != n) {
+                return Parse::Reject(BAD_LENGTH);
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parse::Reject(CHUNKED);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value);
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            last_event_id = Some(value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = Some(value);
+        }
+    }
+    let body_len = content_length.unwrap_or(0);
+    if body_len > MAX_BODY_BYTES {
+        return Parse::Reject(BODY_TOO_LARGE);
+    }
+    let total = head_len + body_len;
+    if buf.len() < total {
+        return Parse::Partial;
+    }
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let request = Request {
+        method,
+        path,
+        query,
+        http10,
+        keep_alive,
+        authorization,
+        last_event_id,
+        origin,
+        body: &buf[head_len..total],
+    };
+    Parse::Complete(request, total)
+}
+
+/// Only plain decimal digits: no sign, no spaces inside, no list form.
+fn parse_content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The value of query parameter `name`, percent-decoded; `None` when absent or undecodable.
+pub fn query_param(query: &str, name: &str) -> Option<Vec<u8>> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key.as_bytes())? == name.as_bytes())
+            .then(|| percent_decode(value.as_bytes()))?
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding, which browsers use for query strings).
+pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'%' => {
+                let hi = hex_value(*input.get(i + 1)?)?;
+                let lo = hex_value(*input.get(i + 2)?)?;
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Starts a response head: status line. Headers follow with `header`, then `end_head`.
+pub fn start_head(out: &mut Vec<u8>, status: u16) {
+    let mut line = String::with_capacity(40);
+    let _ = write!(line, "HTTP/1.1 {status} {}\r\n", reason(status));
+    out.extend_from_slice(line.as_bytes());
+}
+
+pub fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    // A value that came from a peer (an echoed Origin) must not break the head.
+    out.extend(value.iter().filter(|b| **b != b'\r' && **b != b'\n'));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends a head for a response with a body of `body_len` bytes (or none, for 204).
+pub fn end_head(out: &mut Vec<u8>, status: u16, body_len: usize, keep_alive: bool) {
+    if status != 204 {
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(body_len.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The JSON error body every non-stream error answer carries.
+pub fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({ "error": code, "message": message }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(buf: &[u8]) -> (Request<'_>, usize) {
+        match parse_request(buf) {
+            Parse::Complete(r, n) => (r, n),
+            other => panic!("expected a complete request, got {other:?}"),
+        }
+    }
+
+    fn rejected(buf: &[u8]) -> u16 {
+        match parse_request(buf) {
+            Parse::Reject(r) => r.status,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stream_request_with_its_headers() {
+        let raw = b"GET /api/periode-limit/notifications/stream?lastEventId=4 HTTP/1.1\r\n\
+            Host: x\r\nAuthorization: Bearer abc\r\nLast-Event-ID: 7\r\nOrigin: http://a\r\n\r\n";
+        let (r, n) = complete(raw);
+        assert_eq!(n, raw.len());
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.path, "/api/periode-limit/notifications/stream");
+        assert_eq!(r.query, "lastEventId=4");
+        assert_eq!(r.authorization, Some(&b"Bearer abc"[..]));
+        assert_eq!(r.last_event_id, Some(&b"7"[..]));
+        assert_eq!(r.origin, Some(&b"http://a"[..]));
+        assert!(r.keep_alive && !r.http10);
+        assert_eq!(r.body, b"");
+    }
+
+    #[test]
+    fn every_prefix_is_partial_and_pipelined_requests_split() {
+        let one = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        for cut in 0..one.len() {
+            assert_eq!(parse_request(&one[..cut]), Parse::Partial, "cut at {cut}");
+        }
+        let mut two = one.to_vec();
+        two.extend_from_slice(b"GET /y HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let (first, n) = complete(&two);
+        assert_eq!((first.path, first.body), ("/x", &b"hello"[..]));
+        let (second, m) = complete(&two[n..]);
+        assert_eq!(second.path, "/y");
+        assert!(!second.keep_alive);
+        assert_eq!(n + m, two.len());
+    }
+
+    #[test]
+    fn http10_closes_unless_asked_to_keep_alive() {
+        let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(r.http10 && !r.keep_alive);
+        let (r, _) = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(r.keep_alive);
+    }
+
+    #[test]
+    fn rejections() {
+        let cases: &[(&[u8], u16)] = &[
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                400,
+            ),
+            (b"GET / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nContent-Length: 70000\r\n\r\n", 413),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                501,
+            ),
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+            (b"GET /\0 HTTP/1.1\r\n\r\n", 400),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(rejected(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..200 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(rejected(&many), 431);
+        let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        big.resize(9 * 1024, b'a');
+        assert_eq!(rejected(&big), 431);
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(rejected(&big), 431);
+    }
+
+    #[test]
+    fn duplicate_equal_content_lengths_are_one() {
+        let (r, _) =
+            complete(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(r.body, b"ok");
+    }
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        let q = "a=1&access_token=ab%2Ecd%3D&lastEventId=12&x";
+        assert_eq!(query_param(q, "access_token"), Some(b"ab.cd=".to_vec()));
+        assert_eq!(query_param(q, "lastEventId"), Some(b"12".to_vec()));
+        assert_eq!(query_param(q, "x"), Some(Vec::new()));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(query_param("access_token=%zz", "access_token"), None);
+        assert_eq!(query_param("access_token=%4", "access_token"), None);
+        assert_eq!(percent_decode(b"a+b%20c"), Some(b"a b c".to_vec()));
+    }
+
+    #[test]
+    fn response_heads() {
+        let mut out = Vec::new();
+        start_head(&mut out, 405);
+        header(&mut out, "Allow", b"GET\r\nX: injected");
+        end_head(&mut out, 405, 2, false);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GETX: injected\r\nContent-Length: 2\r\n\
+              Connection: close\r\n\r\n"
+                .to_vec()
+        );
+        let mut out = Vec::new();
+        start_head(&mut out, 204);
+        end_head(&mut out, 204, 0, true);
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\n\r\n".to_vec());
+        assert_eq!(
+            error_body("x", "a \"q\""),
+            r#"{"error":"x","message":"a \"q\""}"#
+        );
+    }
+}

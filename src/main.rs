@@ -1,0 +1,135 @@
+//! periode-sse: wires the configuration, the store and the event loop together and runs them.
+//! Start-up errors end here with a message and a non-zero exit; nothing below may panic.
+
+mod api;
+mod config;
+mod conn;
+mod domain;
+mod http;
+mod jwt;
+mod metrics;
+mod registry;
+mod secret;
+mod server;
+mod spending;
+mod sse;
+mod store;
+mod time;
+mod timer;
+mod writes;
+
+use config::{Command, Config, TokenArgs};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    let command = match config::parse_args(std::env::args_os().skip(1), env) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("periode-sse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            print!("{}", config::USAGE);
+            Ok(())
+        }
+        Command::Version => {
+            println!("periode-sse {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Token(args) => print_token(&args),
+        Command::Serve(config) => serve(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("periode-sse: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_token(args: &TokenArgs) -> Result<(), String> {
+    let key =
+        secret::resolve(&args.db, std::env::var("JWT_SECRET").ok()).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_string())?
+        .as_secs() as i64;
+    println!(
+        "{}",
+        jwt::sign(args.user, args.role, now, args.ttl_secs, &key)
+    );
+    Ok(())
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .with_utc_timestamps()
+        .init()
+        .map_err(|e| format!("cannot start logging: {e}"))?;
+    let open_files = raise_open_files_limit();
+    // Descriptors beyond connections: listener, epoll, signal pipe, SQLite (db, WAL, shm), spare.
+    let max_conns = config
+        .max_conns
+        .unwrap_or_else(|| open_files.saturating_sub(32).max(1));
+    let secret =
+        secret::resolve(&config.db, std::env::var("JWT_SECRET").ok()).map_err(|e| e.to_string())?;
+    let store = store::Store::open(&config.db).map_err(|e| e.to_string())?;
+    if config.demo {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        store
+            .seed_demo(now_ms)
+            .map_err(|e| format!("cannot seed the demo data: {e}"))?;
+        log::info!(
+            "demo data ready: user 13, limit 200000 over this month; try `periode-sse token 13`"
+        );
+    }
+    let listen = config.listen;
+    let mut server = server::Server::new(config.clone(), store, secret, max_conns)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = server.local_addr().unwrap_or(listen);
+    log::info!(
+        "periode-sse listening on http://{addr} (db {}, heartbeat {} s, max {} connections, {} per user)",
+        config.db.display(),
+        config.heartbeat_secs,
+        max_conns,
+        config.max_conns_per_user
+    );
+    server
+        .run()
+        .map_err(|e| format!("the event loop failed: {e}"))
+}
+
+/// Lifts the soft open-files limit to the hard one (each stream is a descriptor) and returns
+/// the limit in force.
+fn raise_open_files_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .min(1 << 24)
+}

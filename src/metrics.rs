@@ -1,0 +1,252 @@
+//! Counters the loop bumps and `/metrics` renders in Prometheus text format (0.0.4).
+//!
+//! Plain integers on the one loop thread: no atomics, no locks, no I/O. Gauges that the
+//! server already knows (open connections, streams, users) are passed in at render time
+//! rather than kept twice.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Why a connection ended; each is a label of `periode_sse_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CloseReason {
+    /// The client closed or reset the connection.
+    ClientGone,
+    WriteError,
+    SlowConsumer,
+    /// The token's `exp` (plus leeway) passed.
+    Expired,
+    Deactivated,
+    Shutdown,
+    /// A request too slow, or a connection idle too long.
+    Timeout,
+    /// The answer said `Connection: close` (an error, HTTP/1.0, or the client asked).
+    Finished,
+    /// Refused at accept: `--max-conns` reached.
+    Refused,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::WriteError => "write_error",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Expired => "expired",
+            CloseReason::Deactivated => "deactivated",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Finished => "finished",
+            CloseReason::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections_accepted: u64,
+    pub streams_started: u64,
+    pub events_connected: u64,
+    pub events_notification: u64,
+    pub events_heartbeat: u64,
+    pub bytes_written: u64,
+    pub transactions_recorded: u64,
+    pub commit_batches: u64,
+    pub commit_batch_writes: u64,
+    pub commit_failures: u64,
+    pub largest_commit_batch: u64,
+    pub accept_errors: u64,
+    disconnects: BTreeMap<CloseReason, u64>,
+    requests: BTreeMap<(&'static str, u16), u64>,
+}
+
+/// Values owned elsewhere, read when `/metrics` is rendered.
+pub struct Gauges {
+    pub connections_open: usize,
+    pub streams_open: usize,
+    pub users_with_streams: usize,
+    pub max_conns: usize,
+}
+
+impl Metrics {
+    pub fn count_disconnect(&mut self, reason: CloseReason) {
+        *self.disconnects.entry(reason).or_default() += 1;
+    }
+
+    pub fn count_request(&mut self, route: &'static str, status: u16) {
+        *self.requests.entry((route, status)).or_default() += 1;
+    }
+
+    pub fn count_commit(&mut self, writes: usize) {
+        self.commit_batches += 1;
+        self.commit_batch_writes += writes as u64;
+        self.largest_commit_batch = self.largest_commit_batch.max(writes as u64);
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            );
+        };
+        gauge(
+            "periode_sse_connections_open",
+            "Open TCP connections, streams included.",
+            g.connections_open as u64,
+        );
+        gauge(
+            "periode_sse_streams_open",
+            "Open event streams.",
+            g.streams_open as u64,
+        );
+        gauge(
+            "periode_sse_users_with_streams",
+            "Users with at least one open stream.",
+            g.users_with_streams as u64,
+        );
+        gauge(
+            "periode_sse_max_connections",
+            "The --max-conns in force.",
+            g.max_conns as u64,
+        );
+        gauge(
+            "periode_sse_largest_commit_batch",
+            "Most writes ever made durable by one commit.",
+            self.largest_commit_batch,
+        );
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            );
+        };
+        counter(
+            "periode_sse_connections_accepted_total",
+            "Connections accepted.",
+            self.connections_accepted,
+        );
+        counter(
+            "periode_sse_streams_started_total",
+            "Event streams started.",
+            self.streams_started,
+        );
+        counter(
+            "periode_sse_bytes_written_total",
+            "Bytes written to sockets.",
+            self.bytes_written,
+        );
+        counter(
+            "periode_sse_transactions_recorded_total",
+            "Transactions committed.",
+            self.transactions_recorded,
+        );
+        counter(
+            "periode_sse_commit_batches_total",
+            "Durable commits (one per batch of writes).",
+            self.commit_batches,
+        );
+        counter(
+            "periode_sse_commit_batch_writes_total",
+            "Writes made durable, summed over batches.",
+            self.commit_batch_writes,
+        );
+        counter(
+            "periode_sse_commit_failures_total",
+            "Batches whose commit failed (answered 500).",
+            self.commit_failures,
+        );
+        counter(
+            "periode_sse_accept_errors_total",
+            "accept() failures, out of descriptors included.",
+            self.accept_errors,
+        );
+
+        out.push_str(
+            "# HELP periode_sse_events_sent_total Events written to streams, by event name.\n",
+        );
+        out.push_str("# TYPE periode_sse_events_sent_total counter\n");
+        for (name, value) in [
+            ("connected", self.events_connected),
+            ("notification", self.events_notification),
+            ("heartbeat", self.events_heartbeat),
+        ] {
+            let _ = writeln!(
+                out,
+                "periode_sse_events_sent_total{{event=\"{name}\"}} {value}"
+            );
+        }
+        out.push_str("# HELP periode_sse_disconnects_total Connections ended, by reason.\n");
+        out.push_str("# TYPE periode_sse_disconnects_total counter\n");
+        for reason in [
+            CloseReason::ClientGone,
+            CloseReason::WriteError,
+            CloseReason::SlowConsumer,
+            CloseReason::Expired,
+            CloseReason::Deactivated,
+            CloseReason::Shutdown,
+            CloseReason::Timeout,
+            CloseReason::Finished,
+            CloseReason::Refused,
+        ] {
+            let value = self.disconnects.get(&reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "periode_sse_disconnects_total{{reason=\"{}\"}} {value}",
+                reason.label()
+            );
+        }
+        out.push_str(
+            "# HELP periode_sse_http_requests_total Requests answered, by route and status.\n",
+        );
+        out.push_str("# TYPE periode_sse_http_requests_total counter\n");
+        for ((route, status), value) in &self.requests {
+            let _ = writeln!(
+                out,
+                "periode_sse_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {value}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let mut m = Metrics::default();
+        m.count_request("stream", 200);
+        m.count_request("stream", 200);
+        m.count_request("status", 404);
+        m.count_disconnect(CloseReason::SlowConsumer);
+        m.count_commit(3);
+        m.count_commit(5);
+        m.events_heartbeat = 7;
+        let text = m.render(&Gauges {
+            connections_open: 4,
+            streams_open: 2,
+            users_with_streams: 1,
+            max_conns: 100,
+        });
+        for line in [
+            "periode_sse_http_requests_total{route=\"stream\",status=\"200\"} 2",
+            "periode_sse_http_requests_total{route=\"status\",status=\"404\"} 1",
+            "periode_sse_disconnects_total{reason=\"slow_consumer\"} 1",
+            "periode_sse_disconnects_total{reason=\"expired\"} 0",
+            "periode_sse_commit_batches_total 2",
+            "periode_sse_commit_batch_writes_total 8",
+            "periode_sse_largest_commit_batch 5",
+            "periode_sse_events_sent_total{event=\"heartbeat\"} 7",
+            "periode_sse_streams_open 2",
+            "periode_sse_connections_open 4",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The HS256 key: `JWT_SECRET` when set, otherwise a random key kept beside the database.
+//!
+//! `serve` and `token` both resolve it here, so a token printed by one is accepted by the
+//! other with no set-up. The file holds one line of base64url text and the key is that text's
+//! bytes, exactly as if it had been given as `JWT_SECRET`.
+
+use base64::Engine as _;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug)]
+pub struct SecretError(String);
+
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the generated key of database `db` lives: `<db>.secret`.
+pub fn secret_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".secret");
+    PathBuf::from(name)
+}
+
+pub fn resolve(db: &Path, env_secret: Option<String>) -> Result<Vec<u8>, SecretError> {
+    if let Some(secret) = env_secret {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(SecretError(format!(
+                "JWT_SECRET is {} bytes long; HS256 needs at least {MIN_SECRET_BYTES} (RFC 7518 §3.2). \
+                 Use a longer secret, or unset JWT_SECRET to have one generated in {}",
+                secret.len(),
+                secret_path(db).display()
+            )));
+        }
+        return Ok(secret.into_bytes());
+    }
+    let path = secret_path(db);
+    match read_secret_file(&path) {
+        Ok(Some(secret)) => Ok(secret),
+        Ok(None) => create_secret_file(&path),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Option<Vec<u8>>, SecretError> {
+    let mut text = String::new();
+    match std::fs::File::open(path) {
+        Ok(mut file) => file.read_to_string(&mut text).map_err(|e| {
+            SecretError(format!(
+                "cannot read the secret file {}: {e}",
+                path.display()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SecretError(format!(
+                "cannot open the secret file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.len() < MIN_SECRET_BYTES || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(SecretError(format!(
+            "the secret file {} must hold one line of at least {MIN_SECRET_BYTES} printable characters; \
+             delete it to have a new one generated (tokens signed with the old one stop working)",
+            path.display()
+        )));
+    }
+    Ok(Some(secret.as_bytes().to_vec()))
+}
+
+fn create_secret_file(path: &Path) -> Result<Vec<u8>, SecretError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| SecretError(format!("cannot read /dev/urandom to make a secret: {e}")))?;
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(mut file) => {
+            file.write_all(format!("{text}\n").as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(|e| {
+                    SecretError(format!(
+                        "cannot write the secret file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            log::info!("generated a new HS256 secret in {}", path.display());
+            Ok(text.into_bytes())
+        }
+        // Another process (`serve` and `token` started together) made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_secret_file(path)?
+            .ok_or_else(|| SecretError(format!("the secret file {} vanished", path.display()))),
+        Err(e) => Err(SecretError(format!(
+            "cannot create the secret file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_once_then_reused_with_mode_0600() {
+        let dir = std::env::temp_dir().join(format!("periode-sse-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("x.db");
+        let first = resolve(&db, None).unwrap();
+        let second = resolve(&db, None).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.len(), 43);
+        let path = secret_path(&db);
+        assert_eq!(path, dir.join("x.db.secret"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .trim_end()
+                .as_bytes(),
+            &first[..]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn env_secret_wins_and_must_be_long_enough() {
+        let db = Path::new("/nonexistent/dir/x.db");
+        let long = "a".repeat(32);
+        assert_eq!(resolve(db, Some(long.clone())).unwrap(), long.into_bytes());
+        let err = resolve(db, Some("short".into())).unwrap_err().to_string();
+        assert!(err.contains("JWT_SECRET is 5 bytes long"), "{err}");
+    }
+}

@@ -1,0 +1,433 @@
+//! SQLite on local disk: users, limits, transactions and the notifications kept for resume.
+//!
+//! The only module that touches the database. Every statement is prepared from a constant
+//! (values are always bound, never spliced into SQL) and cached. Writes happen only between
+//! `begin` and `commit`, which the server calls once per loop turn around every write that
+//! arrived in that turn (group commit): with `synchronous=FULL` a commit is durable when it
+//! returns, so an answer sent after it is a promise kept even through `kill -9`.
+
+use crate::domain::UserId;
+use crate::spending::{AlertPercentage, Limit, Status};
+use crate::time::month_bounds_ms;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::fmt;
+use std::path::Path;
+
+/// How many notifications per user are kept for `Last-Event-ID` resume.
+pub const KEPT_NOTIFICATIONS: u64 = 1000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    active INTEGER NOT NULL,
+    -- all-time sum of amounts: bounds every period's sum, so no SUM can overflow
+    total_spent INTEGER NOT NULL DEFAULT 0,
+    last_notification_id INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS limits (
+    user_id INTEGER PRIMARY KEY,
+    max_limit INTEGER NOT NULL,
+    alert_percentage REAL NOT NULL,
+    periode_start INTEGER NOT NULL,
+    periode_end INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    description TEXT,
+    occurred_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transactions_by_user_time ON transactions (user_id, occurred_at);
+CREATE TABLE IF NOT EXISTS notifications (
+    user_id INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (user_id, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+#[derive(Debug)]
+pub enum StoreError {
+    Open(String, rusqlite::Error),
+    Sql(rusqlite::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Open(path, e) => write!(f, "cannot open the database {path}: {e}"),
+            StoreError::Sql(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sql(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A stored transaction, as `POST /transactions` answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub id: i64,
+    pub user: UserId,
+    pub amount: i64,
+    pub description: Option<String>,
+    pub occurred_at_ms: i64,
+}
+
+/// Why a write was refused without touching the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefusal {
+    UnknownUser,
+    TotalOverflow,
+}
+
+pub struct Store {
+    db: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let shown = path.display().to_string();
+        let db = Connection::open(path).map_err(|e| StoreError::Open(shown.clone(), e))?;
+        let setup = |db: &Connection| -> rusqlite::Result<()> {
+            db.busy_timeout(std::time::Duration::from_secs(5))?;
+            // WAL: readers never wait for the writer; FULL: a commit is on disk when it returns.
+            db.pragma_update(None, "journal_mode", "WAL")?;
+            db.pragma_update(None, "synchronous", "FULL")?;
+            db.execute_batch(SCHEMA)?;
+            db.set_prepared_statement_cache_capacity(32);
+            Ok(())
+        };
+        setup(&db).map_err(|e| StoreError::Open(shown, e))?;
+        Ok(Store { db })
+    }
+
+    pub fn user_active(&self, user: UserId) -> Result<Option<bool>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT active FROM users WHERE id = ?1")?;
+        Ok(stmt
+            .query_row([user.0], |row| row.get::<_, bool>(0))
+            .optional()?)
+    }
+
+    pub fn limit(&self, user: UserId) -> Result<Option<Limit>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT max_limit, alert_percentage, periode_start, periode_end FROM limits WHERE user_id = ?1",
+        )?;
+        let row = stmt
+            .query_row([user.0], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, f64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()?;
+        // A row that fails the rules (edited by hand) is treated as no limit rather than a crash.
+        Ok(row.and_then(|(max_limit, alert, start, end)| {
+            Some(Limit {
+                max_limit,
+                alert: AlertPercentage::new(alert)?,
+                periode_start_ms: start,
+                periode_end_ms: end,
+            })
+        }))
+    }
+
+    /// The sum of the user's amounts inside the limit's period (both ends included).
+    pub fn spending(&self, user: UserId, limit: &Limit) -> Result<i64> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT COALESCE(SUM(amount), 0) FROM transactions
+             WHERE user_id = ?1 AND occurred_at BETWEEN ?2 AND ?3",
+        )?;
+        Ok(stmt.query_row(
+            params![user.0, limit.periode_start_ms, limit.periode_end_ms],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// The status against the limit whose period covers `now_ms`, if there is one.
+    pub fn active_status(&self, user: UserId, now_ms: i64) -> Result<Option<Status>> {
+        match self.limit(user)? {
+            Some(limit) if limit.covers(now_ms) => Ok(Some(self.status_for(user, limit)?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn status_for(&self, user: UserId, limit: Limit) -> Result<Status> {
+        Ok(Status::compute(self.spending(user, &limit)?, limit))
+    }
+
+    pub fn last_notification_id(&self, user: UserId) -> Result<u64> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT last_notification_id FROM users WHERE id = ?1")?;
+        let id: Option<i64> = stmt.query_row([user.0], |row| row.get(0)).optional()?;
+        Ok(id.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Calls `each` with every kept notification of `user` whose id is above `after`, oldest
+    /// first.
+    pub fn notifications_after(
+        &self,
+        user: UserId,
+        after: u64,
+        mut each: impl FnMut(u64, &str),
+    ) -> Result<()> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT id, data FROM notifications WHERE user_id = ?1 AND id > ?2 ORDER BY id",
+        )?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![user.0, after])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let data: String = row.get(1)?;
+            each(id.max(0) as u64, &data);
+        }
+        Ok(())
+    }
+
+    pub fn begin(&self) -> Result<()> {
+        self.db.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.db.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    pub fn rollback(&self) {
+        if let Err(e) = self.db.execute_batch("ROLLBACK") {
+            log::error!("rollback failed: {e}");
+        }
+    }
+
+    /// Creates the user or sets their `active` flag.
+    pub fn put_user(&self, user: UserId, active: bool) -> Result<()> {
+        let mut stmt = self.db.prepare_cached(
+            "INSERT INTO users (id, active) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET active = ?2",
+        )?;
+        stmt.execute(params![user.0, active])?;
+        Ok(())
+    }
+
+    pub fn insert_transaction(
+        &self,
+        user: UserId,
+        amount: i64,
+        description: Option<&str>,
+        occurred_at_ms: i64,
+    ) -> Result<std::result::Result<Transaction, WriteRefusal>> {
+        let mut total = self
+            .db
+            .prepare_cached("SELECT total_spent FROM users WHERE id = ?1")?;
+        let Some(total_spent) = total
+            .query_row([user.0], |row| row.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(Err(WriteRefusal::UnknownUser));
+        };
+        let Some(new_total) = total_spent.checked_add(amount) else {
+            return Ok(Err(WriteRefusal::TotalOverflow));
+        };
+        self.db
+            .prepare_cached("UPDATE users SET total_spent = ?2 WHERE id = ?1")?
+            .execute(params![user.0, new_total])?;
+        self.db
+            .prepare_cached(
+                "INSERT INTO transactions (user_id, amount, description, occurred_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![user.0, amount, description, occurred_at_ms])?;
+        Ok(Ok(Transaction {
+            id: self.db.last_insert_rowid(),
+            user,
+            amount,
+            description: description.map(str::to_string),
+            occurred_at_ms,
+        }))
+    }
+
+    /// Replaces the user's one limit. `UnknownUser` when there is no such user.
+    pub fn put_limit(
+        &self,
+        user: UserId,
+        limit: &Limit,
+    ) -> Result<std::result::Result<(), WriteRefusal>> {
+        if self.user_active(user)?.is_none() {
+            return Ok(Err(WriteRefusal::UnknownUser));
+        }
+        let mut stmt = self.db.prepare_cached(
+            "INSERT OR REPLACE INTO limits (user_id, max_limit, alert_percentage, periode_start, periode_end)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        stmt.execute(params![
+            user.0,
+            limit.max_limit,
+            limit.alert.value(),
+            limit.periode_start_ms,
+            limit.periode_end_ms
+        ])?;
+        Ok(Ok(()))
+    }
+
+    /// Stores a notification under the user's next id and forgets the ones beyond the kept
+    /// window. Returns the new id.
+    pub fn insert_notification(&self, user: UserId, data: &str) -> Result<u64> {
+        let mut bump = self.db.prepare_cached(
+            "UPDATE users SET last_notification_id = last_notification_id + 1 WHERE id = ?1
+             RETURNING last_notification_id",
+        )?;
+        let id: i64 = bump.query_row([user.0], |row| row.get(0))?;
+        self.db
+            .prepare_cached("INSERT INTO notifications (user_id, id, data) VALUES (?1, ?2, ?3)")?
+            .execute(params![user.0, id, data])?;
+        let oldest_kept = id - KEPT_NOTIFICATIONS as i64 + 1;
+        if oldest_kept > 1 {
+            self.db
+                .prepare_cached("DELETE FROM notifications WHERE user_id = ?1 AND id < ?2")?
+                .execute(params![user.0, oldest_kept])?;
+        }
+        Ok(id.max(0) as u64)
+    }
+
+    /// `--demo`: user 13, active, 200000 over the current UTC month with the alert at 85 %, and
+    /// (once per month) transactions adding up to 267000.
+    pub fn seed_demo(&self, now_ms: i64) -> Result<()> {
+        const DEMO_USER: UserId = UserId(13);
+        const DEMO_SPENDING: [(i64, &str); 3] = [
+            (150_000, "groceries"),
+            (87_000, "electricity"),
+            (30_000, "coffee with the team"),
+        ];
+        let (start, end) = month_bounds_ms(now_ms);
+        self.begin()?;
+        let seed = || -> Result<()> {
+            self.put_user(DEMO_USER, true)?;
+            let alert =
+                AlertPercentage::new(85.0).ok_or(StoreError::Sql(rusqlite::Error::InvalidQuery))?;
+            let limit = Limit {
+                max_limit: 200_000,
+                alert,
+                periode_start_ms: start,
+                periode_end_ms: end,
+            };
+            let _ = self.put_limit(DEMO_USER, &limit)?;
+            let marker = format!("demo-transactions:{start}");
+            let inserted = self
+                .db
+                .prepare_cached("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, 'done')")?
+                .execute([&marker])?;
+            if inserted == 1 {
+                for (i, (amount, description)) in DEMO_SPENDING.iter().enumerate() {
+                    let at = start + (i as i64 + 1) * 60_000;
+                    let _ = self.insert_transaction(DEMO_USER, *amount, Some(description), at)?;
+                }
+            }
+            Ok(())
+        };
+        match seed() {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("periode-sse-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        (Store::open(&path).unwrap(), dir)
+    }
+
+    #[test]
+    fn demo_is_idempotent_within_a_month() {
+        let (store, dir) = temp_store("demo");
+        let now = 1_761_037_745_915; // 2025-10-21
+        store.seed_demo(now).unwrap();
+        store.seed_demo(now + 1000).unwrap();
+        let status = store.active_status(UserId(13), now).unwrap().unwrap();
+        assert_eq!(status.current_spending, 267_000);
+        assert_eq!(status.percentage_hundredths, 13_350);
+        assert!(status.is_alert);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn notifications_keep_the_last_thousand_in_order() {
+        let (store, dir) = temp_store("notes");
+        store.begin().unwrap();
+        store.put_user(UserId(1), true).unwrap();
+        for i in 1..=1005u64 {
+            assert_eq!(
+                store
+                    .insert_notification(UserId(1), &format!("{{\"n\":{i}}}"))
+                    .unwrap(),
+                i
+            );
+        }
+        store.commit().unwrap();
+        let mut ids = Vec::new();
+        store
+            .notifications_after(UserId(1), 0, |id, _| ids.push(id))
+            .unwrap();
+        assert_eq!(ids.len(), 1000);
+        assert_eq!((ids[0], ids[999]), (6, 1005));
+        let mut tail = Vec::new();
+        store
+            .notifications_after(UserId(1), 1002, |id, data| {
+                tail.push((id, data.to_string()))
+            })
+            .unwrap();
+        assert_eq!(
+            tail,
+            vec![
+                (1003, "{\"n\":1003}".into()),
+                (1004, "{\"n\":1004}".into()),
+                (1005, "{\"n\":1005}".into())
+            ]
+        );
+        assert_eq!(store.last_notification_id(UserId(1)).unwrap(), 1005);
+        assert_eq!(store.last_notification_id(UserId(2)).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn totals_cannot_overflow_and_unknown_users_are_refused() {
+        let (store, dir) = temp_store("overflow");
+        store.begin().unwrap();
+        store.put_user(UserId(1), true).unwrap();
+        assert!(store
+            .insert_transaction(UserId(1), i64::MAX, None, 0)
+            .unwrap()
+            .is_ok());
+        assert_eq!(
+            store.insert_transaction(UserId(1), 1, None, 0).unwrap(),
+            Err(WriteRefusal::TotalOverflow)
+        );
+        assert_eq!(
+            store.insert_transaction(UserId(9), 1, None, 0).unwrap(),
+            Err(WriteRefusal::UnknownUser)
+        );
+        store.commit().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
