@@ -58,6 +58,10 @@ impl Unsent {
     pub fn len(&self) -> usize {
         self.bytes.len() - self.from
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub struct Conn {

@@ -1,24 +1,8 @@
 //! periode-sse: wires the configuration, the store and the event loop together and runs them.
 //! Start-up errors end here with a message and a non-zero exit; nothing below may panic.
 
-mod api;
-mod config;
-mod conn;
-mod domain;
-mod http;
-mod jwt;
-mod metrics;
-mod registry;
-mod secret;
-mod server;
-mod spending;
-mod sse;
-mod store;
-mod time;
-mod timer;
-mod writes;
-
-use config::{Command, Config, TokenArgs};
+use periode_sse::config::{self, Command, Config, TokenArgs};
+use periode_sse::{jwt, secret, server, store};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

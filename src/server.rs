@@ -1027,7 +1027,7 @@ impl Server {
                 WriteOutcome::Done => {
                     self.metrics.bytes_written += (end - unsent.from) as u64;
                     unsent.from = end;
-                    if unsent.len() > 0 {
+                    if !unsent.is_empty() {
                         self.again.push((key, conn.gen)); // budget spent, not blocked
                         conn.unsent = Some(unsent);
                         return;

@@ -49,6 +49,10 @@ impl TimerWheel {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Sets `key`'s one deadline, replacing any earlier one. A deadline in the past fires at
     /// the next `expire_due`.
     pub fn schedule(&mut self, key: usize, deadline_ms: u64) {
