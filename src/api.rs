@@ -22,6 +22,9 @@ const TRANSACTIONS_PATH: &str = "/api/periode-limit/transactions";
 const LIMIT_PATH: &str = "/api/periode-limit";
 const ADMIN_USERS_PREFIX: &str = "/api/admin/users/";
 const METRICS_PATH: &str = "/metrics";
+const PAGE_PATH: &str = "/";
+/// The live page: one static file, compiled in, no build step and no external assets.
+pub const PAGE_HTML: &str = include_str!("page/index.html");
 const MAX_DESCRIPTION_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +36,7 @@ pub enum Route {
     Limit,
     AdminUser,
     Metrics,
+    Page,
     Unknown,
 }
 
@@ -45,6 +49,7 @@ impl Route {
             TRANSACTIONS_PATH => Route::Transactions,
             LIMIT_PATH => Route::Limit,
             METRICS_PATH => Route::Metrics,
+            PAGE_PATH | "/index.html" => Route::Page,
             p if p.starts_with(ADMIN_USERS_PREFIX)
                 && !p[ADMIN_USERS_PREFIX.len()..].contains('/') =>
             {
@@ -64,13 +69,14 @@ impl Route {
             Route::Limit => "limit",
             Route::AdminUser => "admin_user",
             Route::Metrics => "metrics",
+            Route::Page => "page",
             Route::Unknown => "unknown",
         }
     }
 
     fn allowed(self) -> (Method, &'static str) {
         match self {
-            Route::Health | Route::Status | Route::Stream | Route::Metrics | Route::Unknown => {
+            Route::Health | Route::Status | Route::Stream | Route::Metrics | Route::Page | Route::Unknown => {
                 (Method::Get, "GET, OPTIONS")
             }
             Route::Transactions => (Method::Post, "POST, OPTIONS"),
@@ -197,6 +203,12 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
         response.allow = Some(allow);
         return Err(response);
     }
+    if route == Route::Page {
+        // The page holds no data: it asks for a token and uses the API like any client.
+        let mut response = Response::json(200, PAGE_HTML.to_string());
+        response.content_type = "text/html; charset=utf-8";
+        return Ok(Outcome::Respond(response));
+    }
     let claims = authenticate(req, ctx)?;
     match route {
         Route::Health => Ok(Outcome::Respond(health(claims.user, ctx))),
@@ -211,7 +223,7 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
             response.content_type = "text/plain; version=0.0.4; charset=utf-8";
             Ok(Outcome::Respond(response))
         }
-        Route::Unknown => Err(Response::error(404, "not_found", "no such endpoint")),
+        Route::Page | Route::Unknown => Err(Response::error(404, "not_found", "no such endpoint")),
     }
 }
 
