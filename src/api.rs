@@ -76,9 +76,12 @@ impl Route {
 
     fn allowed(self) -> (Method, &'static str) {
         match self {
-            Route::Health | Route::Status | Route::Stream | Route::Metrics | Route::Page | Route::Unknown => {
-                (Method::Get, "GET, OPTIONS")
-            }
+            Route::Health
+            | Route::Status
+            | Route::Stream
+            | Route::Metrics
+            | Route::Page
+            | Route::Unknown => (Method::Get, "GET, OPTIONS"),
             Route::Transactions => (Method::Post, "POST, OPTIONS"),
             Route::Limit | Route::AdminUser => (Method::Put, "PUT, OPTIONS"),
         }
@@ -99,13 +102,7 @@ pub const JSON: &str = "application/json";
 
 impl Response {
     pub fn json(status: u16, body: String) -> Response {
-        Response {
-            status,
-            content_type: JSON,
-            body,
-            www_authenticate: None,
-            allow: None,
-        }
+        Response { status, content_type: JSON, body, www_authenticate: None, allow: None }
     }
 
     pub fn error(status: u16, code: &str, message: &str) -> Response {
@@ -142,20 +139,9 @@ pub struct StreamStart {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
-    Transaction {
-        user: UserId,
-        amount: i64,
-        description: Option<String>,
-        occurred_at_ms: i64,
-    },
-    Limit {
-        user: UserId,
-        limit: Limit,
-    },
-    User {
-        user: UserId,
-        active: bool,
-    },
+    Transaction { user: UserId, amount: i64, description: Option<String>, occurred_at_ms: i64 },
+    Limit { user: UserId, limit: Limit },
+    User { user: UserId, active: bool },
 }
 
 #[derive(Debug, PartialEq)]
@@ -195,11 +181,8 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
     }
     let (method, allow) = route.allowed();
     if req.method != method {
-        let mut response = Response::error(
-            405,
-            "method_not_allowed",
-            "this endpoint does not take that method",
-        );
+        let mut response =
+            Response::error(405, "method_not_allowed", "this endpoint does not take that method");
         response.allow = Some(allow);
         return Err(response);
     }
@@ -276,11 +259,7 @@ fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<jwt::Claims, Respons
 fn require_admin(claims: jwt::Claims) -> Result<(), Response> {
     match claims.role {
         Role::Admin => Ok(()),
-        Role::User => Err(Response::error(
-            403,
-            "forbidden",
-            "this endpoint needs an admin token",
-        )),
+        Role::User => Err(Response::error(403, "forbidden", "this endpoint needs an admin token")),
     }
 }
 
@@ -306,11 +285,7 @@ fn health(user: UserId, ctx: &Ctx<'_>) -> Response {
 }
 
 fn status(user: UserId, ctx: &Ctx<'_>) -> Result<Response, Response> {
-    match ctx
-        .store
-        .active_status(user, ctx.now_ms)
-        .map_err(storage_error)?
-    {
+    match ctx.store.active_status(user, ctx.now_ms).map_err(storage_error)? {
         Some(status) => {
             let mut body = String::with_capacity(256);
             status.write_json(&mut body);
@@ -341,11 +316,7 @@ fn stream(req: &Request<'_>, claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Outco
         None => http::query_param(req.query, "lastEventId").and_then(|v| parse_event_id(&v)),
     };
     let resume = last_event_id.map_or(Resume::Snapshot, Resume::After);
-    Ok(Outcome::Stream(StreamStart {
-        user: claims.user,
-        expires_at: claims.expires_at,
-        resume,
-    }))
+    Ok(Outcome::Stream(StreamStart { user: claims.user, expires_at: claims.expires_at, resume }))
 }
 
 fn parse_event_id(raw: &[u8]) -> Option<u64> {
@@ -382,15 +353,11 @@ fn target_user(body: &Map<String, Value>, claims: jwt::Claims) -> Result<UserId,
     match (claims.role, named) {
         (Role::User, None) => Ok(claims.user),
         (Role::User, Some(user)) if user == claims.user => Ok(user),
-        (Role::User, Some(_)) => Err(Response::error(
-            403,
-            "forbidden",
-            "a user token may only write for its own user",
-        )),
+        (Role::User, Some(_)) => {
+            Err(Response::error(403, "forbidden", "a user token may only write for its own user"))
+        }
         (Role::Admin, Some(user)) => Ok(user),
-        (Role::Admin, None) => Err(bad_request(
-            "an admin token must name the userId to write for",
-        )),
+        (Role::Admin, None) => Err(bad_request("an admin token must name the userId to write for")),
     }
 }
 
@@ -405,20 +372,14 @@ fn whole_number(body: &Map<String, Value>, name: &str) -> Result<i64, Response> 
                 return Err(bad_request(&format!("{name} must be greater than 0")));
             }
             if n.is_u64()
-                || n.as_f64()
-                    .is_some_and(|f| f.fract() == 0.0 && f.abs() > i64::MAX as f64)
+                || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() > i64::MAX as f64)
             {
-                return Err(bad_request(&format!(
-                    "{name} is too large: at most {}",
-                    i64::MAX
-                )));
+                return Err(bad_request(&format!("{name} is too large: at most {}", i64::MAX)));
             }
             if n.as_f64().is_some_and(|f| f <= 0.0) {
                 return Err(bad_request(&format!("{name} must be greater than 0")));
             }
-            Err(bad_request(&format!(
-                "{name} must be a whole number (minor currency units)"
-            )))
+            Err(bad_request(&format!("{name} must be a whole number (minor currency units)")))
         }
         Some(_) => Err(bad_request(&format!("{name} must be a number"))),
     }
@@ -432,9 +393,7 @@ fn time_field(body: &Map<String, Value>, name: &str) -> Result<Option<i64>, Resp
                 "{name} must be an RFC 3339 date-time, e.g. 2025-01-31T23:59:59.999Z"
             ))
         }),
-        Some(_) => Err(bad_request(&format!(
-            "{name} must be an RFC 3339 date-time string"
-        ))),
+        Some(_) => Err(bad_request(&format!("{name} must be an RFC 3339 date-time string"))),
     }
 }
 
@@ -453,12 +412,7 @@ fn transaction(body: &[u8], claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<WriteO
         Some(_) => return Err(bad_request("description must be a string")),
     };
     let occurred_at_ms = time_field(&body, "occurredAt")?.unwrap_or(ctx.now_ms);
-    Ok(WriteOp::Transaction {
-        user,
-        amount,
-        description,
-        occurred_at_ms,
-    })
+    Ok(WriteOp::Transaction { user, amount, description, occurred_at_ms })
 }
 
 fn limit(body: &[u8], claims: jwt::Claims) -> Result<WriteOp, Response> {
@@ -482,12 +436,7 @@ fn limit(body: &[u8], claims: jwt::Claims) -> Result<WriteOp, Response> {
     }
     Ok(WriteOp::Limit {
         user,
-        limit: Limit {
-            max_limit,
-            alert,
-            periode_start_ms: start,
-            periode_end_ms: end,
-        },
+        limit: Limit { max_limit, alert, periode_start_ms: start, periode_end_ms: end },
     })
 }
 
@@ -535,14 +484,7 @@ mod tests {
     fn event_ids() {
         assert_eq!(parse_event_id(b"41"), Some(41));
         assert_eq!(parse_event_id(b" 7 "), Some(7));
-        for bad in [
-            &b""[..],
-            b"-1",
-            b"abc",
-            b"4.5",
-            b"99999999999999999999999",
-            b"\xff",
-        ] {
+        for bad in [&b""[..], b"-1", b"abc", b"4.5", b"99999999999999999999999", b"\xff"] {
             assert_eq!(parse_event_id(bad), None, "{bad:?}");
         }
     }

@@ -148,24 +148,16 @@ pub fn parse_args(
         }
         first = false;
     }
-    let listen_text = listen
-        .or_else(|| env("PERIODE_SSE_LISTEN"))
-        .unwrap_or(DEFAULT_LISTEN.into());
+    let listen_text = listen.or_else(|| env("PERIODE_SSE_LISTEN")).unwrap_or(DEFAULT_LISTEN.into());
     let listen = listen_text.parse().map_err(|_| {
-        ConfigError(format!(
-            "--listen {listen_text:?} is not an address like 127.0.0.1:8989"
-        ))
+        ConfigError(format!("--listen {listen_text:?} is not an address like 127.0.0.1:8989"))
     })?;
     let log_level = match log_level {
         Some(text) => parse_level(&text).ok_or_else(|| {
-            ConfigError(format!(
-                "--log-level {text:?}: use error, warn, info, debug or trace"
-            ))
+            ConfigError(format!("--log-level {text:?}: use error, warn, info, debug or trace"))
         })?,
         // RUST_LOG may hold a filter list (`mycrate=debug,…`); a bare level is all we read.
-        None => env("RUST_LOG")
-            .and_then(|t| parse_level(&t))
-            .unwrap_or(log::LevelFilter::Info),
+        None => env("RUST_LOG").and_then(|t| parse_level(&t)).unwrap_or(log::LevelFilter::Info),
     };
     Ok(Command::Serve(Config {
         listen,
@@ -193,13 +185,9 @@ fn parse_token(
         match arg {
             Value(v) if user.is_none() => {
                 let text = string(v)?;
-                let id = text
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|id| *id >= 0)
-                    .ok_or_else(|| {
-                        ConfigError(format!("USER_ID {text:?} is not a non-negative integer"))
-                    })?;
+                let id = text.parse::<i64>().ok().filter(|id| *id >= 0).ok_or_else(|| {
+                    ConfigError(format!("USER_ID {text:?} is not a non-negative integer"))
+                })?;
                 user = Some(UserId(id));
             }
             Long("role") => {
@@ -218,23 +206,15 @@ fn parse_token(
     }
     let user = user
         .ok_or_else(|| ConfigError("token needs a USER_ID, e.g. `periode-sse token 13`".into()))?;
-    Ok(TokenArgs {
-        user,
-        role,
-        ttl_secs,
-        db: db_path(db, env),
-    })
+    Ok(TokenArgs { user, role, ttl_secs, db: db_path(db, env) })
 }
 
 fn db_path(flag: Option<PathBuf>, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
-    flag.or_else(|| env("PERIODE_SSE_DB").map(PathBuf::from))
-        .unwrap_or_else(|| DEFAULT_DB.into())
+    flag.or_else(|| env("PERIODE_SSE_DB").map(PathBuf::from)).unwrap_or_else(|| DEFAULT_DB.into())
 }
 
 fn string(value: OsString) -> Result<String, ConfigError> {
-    value
-        .into_string()
-        .map_err(|v| ConfigError(format!("{v:?} is not valid UTF-8")))
+    value.into_string().map_err(|v| ConfigError(format!("{v:?} is not valid UTF-8")))
 }
 
 fn number(parser: &mut lexopt::Parser, flag: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -256,14 +236,10 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         parse_args(args.iter().map(OsString::from), move |k| {
-            env.iter()
-                .find(|(name, _)| name == k)
-                .map(|(_, v)| v.clone())
+            env.iter().find(|(name, _)| name == k).map(|(_, v)| v.clone())
         })
     }
 
@@ -279,10 +255,7 @@ mod tests {
         let c = serve(&[], &[]);
         assert_eq!(c.listen, "127.0.0.1:8989".parse().unwrap());
         assert_eq!(c.db, PathBuf::from("./periode-sse.db"));
-        assert_eq!(
-            (c.heartbeat_secs, c.retry_ms, c.max_conns_per_user),
-            (30, 5000, 100)
-        );
+        assert_eq!((c.heartbeat_secs, c.retry_ms, c.max_conns_per_user), (30, 5000, 100));
         assert_eq!(c.max_conns, None);
         assert!(!c.cors.is_enabled() && !c.demo);
         assert_eq!(c.log_level, log::LevelFilter::Info);
@@ -300,17 +273,7 @@ mod tests {
         assert_eq!(c.listen.port(), 1);
         assert_eq!(c.db, PathBuf::from("/e.db"));
         assert_eq!(c.log_level, log::LevelFilter::Debug);
-        let c = serve(
-            &[
-                "--listen",
-                "127.0.0.1:2",
-                "--db",
-                "/f.db",
-                "--log-level",
-                "warn",
-            ],
-            &env,
-        );
+        let c = serve(&["--listen", "127.0.0.1:2", "--db", "/f.db", "--log-level", "warn"], &env);
         assert_eq!(
             (c.listen.port(), c.db, c.log_level),
             (2, PathBuf::from("/f.db"), log::LevelFilter::Warn)
@@ -338,20 +301,13 @@ mod tests {
             &[],
         );
         assert_eq!(
-            (
-                c.heartbeat_secs,
-                c.retry_ms,
-                c.max_conns_per_user,
-                c.max_conns
-            ),
+            (c.heartbeat_secs, c.retry_ms, c.max_conns_per_user, c.max_conns),
             (1, 100, 3, Some(50))
         );
         assert_eq!(c.cors.origins, vec!["http://a", "http://b", "http://c"]);
         assert!(c.cors.allows(b"http://b") && !c.cors.allows(b"http://d") && !c.cors.any);
         assert!(c.demo);
-        assert!(serve(&["--cors-origin", "*"], &[])
-            .cors
-            .allows(b"http://anything"));
+        assert!(serve(&["--cors-origin", "*"], &[]).cors.allows(b"http://anything"));
     }
 
     #[test]
@@ -366,13 +322,8 @@ mod tests {
                 db: "/x.db".into()
             })
         );
-        let got = parse(
-            &[
-                "token", "0", "--role", "admin", "--ttl", "60", "--db", "/y.db",
-            ],
-            &[],
-        )
-        .unwrap();
+        let got =
+            parse(&["token", "0", "--role", "admin", "--ttl", "60", "--db", "/y.db"], &[]).unwrap();
         assert_eq!(
             got,
             Command::Token(TokenArgs {

@@ -72,8 +72,6 @@ pub struct Conn {
     pub unsent: Option<Box<Unsent>>,
     /// Set once the connection is queued for reaping; nothing more is done with it.
     pub doomed: Option<CloseReason>,
-    /// The connection has answered at least one request (its idle timeout is the longer one).
-    pub served: bool,
 }
 
 pub enum ReadOutcome {
@@ -96,15 +94,7 @@ pub enum WriteOutcome {
 
 impl Conn {
     pub fn new(sock: TcpStream, gen: u32) -> Conn {
-        Conn {
-            sock,
-            gen,
-            phase: Phase::Request,
-            inbuf: None,
-            unsent: None,
-            doomed: None,
-            served: false,
-        }
+        Conn { sock, gen, phase: Phase::Request, inbuf: None, unsent: None, doomed: None }
     }
 
     pub fn stream_user(&self) -> Option<UserId> {

@@ -58,35 +58,19 @@ pub enum Parse<'a> {
 }
 
 const fn reject(status: u16, code: &'static str, message: &'static str) -> Rejection {
-    Rejection {
-        status,
-        code,
-        message,
-    }
+    Rejection { status, code, message }
 }
 
-pub const HEAD_TOO_LARGE: Rejection = reject(
-    431,
-    "headers_too_large",
-    "the request head is larger than 8 KiB",
-);
-pub const BODY_TOO_LARGE: Rejection = reject(
-    413,
-    "body_too_large",
-    "the request body is larger than 64 KiB",
-);
-pub const TIMEOUT: Rejection = reject(
-    408,
-    "request_timeout",
-    "the request was not complete within 10 s",
-);
+pub const HEAD_TOO_LARGE: Rejection =
+    reject(431, "headers_too_large", "the request head is larger than 8 KiB");
+pub const BODY_TOO_LARGE: Rejection =
+    reject(413, "body_too_large", "the request body is larger than 64 KiB");
+pub const TIMEOUT: Rejection =
+    reject(408, "request_timeout", "the request was not complete within 10 s");
 const MALFORMED: Rejection = reject(400, "bad_request", "malformed request line or headers");
 const BAD_LENGTH: Rejection = reject(400, "bad_request", "invalid or conflicting Content-Length");
-const CHUNKED: Rejection = reject(
-    501,
-    "not_implemented",
-    "Transfer-Encoding on requests is not supported",
-);
+const CHUNKED: Rejection =
+    reject(501, "not_implemented", "Transfer-Encoding on requests is not supported");
 const TOO_MANY_HEADERS: Rejection = reject(431, "headers_too_large", "too many request headers");
 const BAD_VERSION: Rejection = reject(400, "bad_request", "only HTTP/1.0 and HTTP/1.1 are served");
 
@@ -349,21 +333,12 @@ mod tests {
     #[test]
     fn rejections() {
         let cases: &[(&[u8], u16)] = &[
-            (
-                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-                400,
-            ),
+            (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-            (
-                b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
-                400,
-            ),
+            (b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nContent-Length: 70000\r\n\r\n", 413),
-            (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                501,
-            ),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
             (b"GARBAGE\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
             (b"GET /\0 HTTP/1.1\r\n\r\n", 400),
@@ -420,9 +395,6 @@ mod tests {
         start_head(&mut out, 204);
         end_head(&mut out, 204, 0, true);
         assert_eq!(out, b"HTTP/1.1 204 No Content\r\n\r\n".to_vec());
-        assert_eq!(
-            error_body("x", "a \"q\""),
-            r#"{"error":"x","message":"a \"q\""}"#
-        );
+        assert_eq!(error_body("x", "a \"q\""), r#"{"error":"x","message":"a \"q\""}"#);
     }
 }

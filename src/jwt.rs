@@ -192,9 +192,7 @@ fn check_signature(signing_input: &[u8], signature_b64: &[u8], key: &[u8]) -> Re
     }
     let mac = HmacSha256::new_from_slice(key).map_err(|_| JwtError::Signature)?;
     // `verify_slice` compares in constant time and refuses a tag of the wrong length.
-    mac.chain_update(signing_input)
-        .verify_slice(&signature)
-        .map_err(|_| JwtError::Signature)
+    mac.chain_update(signing_input).verify_slice(&signature).map_err(|_| JwtError::Signature)
 }
 
 /// Decodes one part: the URL-safe alphabet only, no `=` padding, no whitespace, and no stray
@@ -207,9 +205,7 @@ fn decode_part(part: &[u8]) -> Result<Vec<u8>, JwtError> {
 /// deeply nested input is an error, not a stack overflow.
 fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JwtError> {
     // A derived struct would also accept a JSON array, matching members by position.
-    let first = bytes
-        .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let first = bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(&b'{') {
         return Err(JwtError::Json);
     }
@@ -260,11 +256,7 @@ fn claims_from(payload: &Payload, now_secs: i64) -> Result<Claims, JwtError> {
         Some(_) => return Err(JwtError::Claims("role is not \"user\" or \"admin\"")),
     };
 
-    Ok(Claims {
-        user,
-        role,
-        expires_at,
-    })
+    Ok(Claims { user, role, expires_at })
 }
 
 /// Which way a fractional NumericDate is rounded to whole seconds. With whole-second `now`,
@@ -334,9 +326,7 @@ mod tests {
     const NOW: i64 = 1_730_000_000;
 
     fn rfc_key() -> Vec<u8> {
-        URL_SAFE_NO_PAD
-            .decode(RFC_KEY_JWK)
-            .expect("the RFC key is base64url")
+        URL_SAFE_NO_PAD.decode(RFC_KEY_JWK).expect("the RFC key is base64url")
     }
 
     fn b64(bytes: &str) -> String {
@@ -360,11 +350,7 @@ mod tests {
     }
 
     fn user(id: i64) -> Result<Claims, JwtError> {
-        Ok(Claims {
-            user: UserId(id),
-            role: Role::User,
-            expires_at: NOW + 600,
-        })
+        Ok(Claims { user: UserId(id), role: Role::User, expires_at: NOW + 600 })
     }
 
     #[test]
@@ -373,24 +359,15 @@ mod tests {
         let dot = token.iter().rposition(|&b| b == b'.').expect("three parts");
         let key = rfc_key();
         assert_eq!(key.len(), 64);
-        assert_eq!(
-            check_signature(&token[..dot], &token[dot + 1..], &key),
-            Ok(())
-        );
+        assert_eq!(check_signature(&token[..dot], &token[dot + 1..], &key), Ok(()));
         assert_eq!(
             check_signature(&token[..dot], &token[dot + 1..], b"another key"),
             Err(JwtError::Signature)
         );
         // Signature and exp pass; it has no `sub`, so it fails on claims, not on the MAC.
-        assert!(matches!(
-            verify(token, &key, RFC_NOW),
-            Err(JwtError::Claims(_))
-        ));
+        assert!(matches!(verify(token, &key, RFC_NOW), Err(JwtError::Claims(_))));
         // Leeway edges on a real, externally produced token.
-        assert!(matches!(
-            verify(token, &key, RFC_EXP + 60),
-            Err(JwtError::Claims(_))
-        ));
+        assert!(matches!(verify(token, &key, RFC_EXP + 60), Err(JwtError::Claims(_))));
         assert_eq!(verify(token, &key, RFC_EXP + 61), Err(JwtError::Expired));
     }
 
@@ -400,10 +377,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock after 1970")
             .as_secs() as i64;
-        assert_eq!(
-            verify(RFC_TOKEN.as_bytes(), &rfc_key(), now),
-            Err(JwtError::Expired)
-        );
+        assert_eq!(verify(RFC_TOKEN.as_bytes(), &rfc_key(), now), Err(JwtError::Expired));
     }
 
     #[test]
@@ -415,18 +389,10 @@ mod tests {
         let mut flipped = payload.to_owned();
         flipped.replace_range(3..4, if &payload[3..4] == "J" { "K" } else { "J" });
         let forged = format!("{header}.{flipped}.{signature}");
-        assert_eq!(
-            verify(forged.as_bytes(), &key, RFC_NOW),
-            Err(JwtError::Signature)
-        );
+        assert_eq!(verify(forged.as_bytes(), &key, RFC_NOW), Err(JwtError::Signature));
 
-        let cases: &[(&str, &[u8])] = &[
-            (
-                "right token, wrong key",
-                b"0123456789abcdef0123456789abcdeX",
-            ),
-            ("empty key", b""),
-        ];
+        let cases: &[(&str, &[u8])] =
+            &[("right token, wrong key", b"0123456789abcdef0123456789abcdeX"), ("empty key", b"")];
         for (name, wrong_key) in cases {
             let token = sign(UserId(1), Role::User, NOW, 600, KEY);
             assert_eq!(
@@ -440,10 +406,7 @@ mod tests {
         let (signing_input, signature) = token.rsplit_once('.').expect("dot");
         let cases = [
             ("empty signature", format!("{signing_input}.")),
-            (
-                "short signature",
-                format!("{signing_input}.{}", &signature[..40]),
-            ),
+            ("short signature", format!("{signing_input}.{}", &signature[..40])),
             ("long signature", format!("{signing_input}.{signature}AAAA")),
             (
                 "signature of another token",
@@ -451,11 +414,7 @@ mod tests {
             ),
         ];
         for (name, token) in cases {
-            assert_eq!(
-                verify(token.as_bytes(), KEY, NOW),
-                Err(JwtError::Signature),
-                "{name}"
-            );
+            assert_eq!(verify(token.as_bytes(), KEY, NOW), Err(JwtError::Signature), "{name}");
         }
     }
 
@@ -468,52 +427,24 @@ mod tests {
             ("alg HS384", r#"{"alg":"HS384"}"#, Err(JwtError::Algorithm)),
             ("alg HS512", r#"{"alg":"HS512"}"#, Err(JwtError::Algorithm)),
             ("alg RS256", r#"{"alg":"RS256"}"#, Err(JwtError::Algorithm)),
-            (
-                "alg lower case",
-                r#"{"alg":"hs256"}"#,
-                Err(JwtError::Algorithm),
-            ),
-            (
-                "alg not a string",
-                r#"{"alg":256}"#,
-                Err(JwtError::Algorithm),
-            ),
+            ("alg lower case", r#"{"alg":"hs256"}"#, Err(JwtError::Algorithm)),
+            ("alg not a string", r#"{"alg":256}"#, Err(JwtError::Algorithm)),
             ("alg null", r#"{"alg":null}"#, Err(JwtError::Algorithm)),
             ("alg missing", r#"{"typ":"JWT"}"#, Err(JwtError::Algorithm)),
-            (
-                "crit",
-                r#"{"alg":"HS256","crit":["exp"]}"#,
-                Err(JwtError::Critical),
-            ),
-            (
-                "crit null",
-                r#"{"alg":"HS256","crit":null}"#,
-                Err(JwtError::Critical),
-            ),
-            (
-                "alg twice",
-                r#"{"alg":"HS256","alg":"none"}"#,
-                Err(JwtError::Json),
-            ),
+            ("crit", r#"{"alg":"HS256","crit":["exp"]}"#, Err(JwtError::Critical)),
+            ("crit null", r#"{"alg":"HS256","crit":null}"#, Err(JwtError::Critical)),
+            ("alg twice", r#"{"alg":"HS256","alg":"none"}"#, Err(JwtError::Json)),
             ("header is an array", r#"["HS256"]"#, Err(JwtError::Json)),
             ("header is a string", r#""HS256""#, Err(JwtError::Json)),
             ("header is not JSON", "alg=HS256", Err(JwtError::Json)),
             ("header is empty", "", Err(JwtError::Json)),
-            (
-                "trailing bytes",
-                r#"{"alg":"HS256"} x"#,
-                Err(JwtError::Json),
-            ),
+            ("trailing bytes", r#"{"alg":"HS256"} x"#, Err(JwtError::Json)),
             (
                 "ignored members",
                 r#"{"alg":"HS256","typ":"JWT","kid":"k1","jku":"https://x/","x5u":"https://y/"}"#,
                 user(13),
             ),
-            (
-                "whitespace in the JSON",
-                " \r\n{ \"alg\" : \"HS256\" }\n",
-                user(13),
-            ),
+            ("whitespace in the JSON", " \r\n{ \"alg\" : \"HS256\" }\n", user(13)),
         ];
         for (name, header, want) in cases {
             let token = token_with(header, payload);
@@ -523,45 +454,25 @@ mod tests {
 
     #[test]
     fn alg_none_with_an_empty_signature_is_refused() {
-        let token = format!(
-            "{}.{}.",
-            b64(r#"{"alg":"none"}"#),
-            b64(r#"{"sub":"1","exp":2e9}"#)
-        );
+        let token = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"sub":"1","exp":2e9}"#));
         assert_eq!(verify(token.as_bytes(), KEY, NOW), Err(JwtError::Algorithm));
     }
 
     #[test]
     fn claim_rules() {
         let cases: &[(&str, &str, Result<Claims, JwtError>)] = &[
-            (
-                "sub as string",
-                r#"{"sub":"13","exp":1730000600}"#,
-                user(13),
-            ),
+            ("sub as string", r#"{"sub":"13","exp":1730000600}"#, user(13)),
             ("sub as integer", r#"{"sub":13,"exp":1730000600}"#, user(13)),
             ("sub zero", r#"{"sub":"0","exp":1730000600}"#, user(0)),
-            (
-                "sub i64::MAX",
-                r#"{"sub":"9223372036854775807","exp":1730000600}"#,
-                user(i64::MAX),
-            ),
+            ("sub i64::MAX", r#"{"sub":"9223372036854775807","exp":1730000600}"#, user(i64::MAX)),
             ("userId only", r#"{"userId":13,"exp":1730000600}"#, user(13)),
-            (
-                "sub and userId agree",
-                r#"{"sub":"13","userId":13,"exp":1730000600}"#,
-                user(13),
-            ),
+            ("sub and userId agree", r#"{"sub":"13","userId":13,"exp":1730000600}"#, user(13)),
             (
                 "sub and userId disagree",
                 r#"{"sub":"13","userId":14,"exp":1730000600}"#,
                 Err(JwtError::Claims("sub and userId disagree")),
             ),
-            (
-                "no user",
-                r#"{"exp":1730000600}"#,
-                Err(JwtError::Claims("sub or userId is missing")),
-            ),
+            ("no user", r#"{"exp":1730000600}"#, Err(JwtError::Claims("sub or userId is missing"))),
             (
                 "sub negative",
                 r#"{"sub":"-1","exp":1730000600}"#,
@@ -617,25 +528,13 @@ mod tests {
                 r#"{"userId":-1,"exp":1730000600}"#,
                 Err(JwtError::Claims("userId is not a user id")),
             ),
-            (
-                "sub twice",
-                r#"{"sub":"1","sub":"2","exp":1730000600}"#,
-                Err(JwtError::Json),
-            ),
+            ("sub twice", r#"{"sub":"1","sub":"2","exp":1730000600}"#, Err(JwtError::Json)),
             (
                 "role admin",
                 r#"{"sub":"0","role":"admin","exp":1730000600}"#,
-                Ok(Claims {
-                    user: UserId(0),
-                    role: Role::Admin,
-                    expires_at: NOW + 600,
-                }),
+                Ok(Claims { user: UserId(0), role: Role::Admin, expires_at: NOW + 600 }),
             ),
-            (
-                "role user",
-                r#"{"sub":"13","role":"user","exp":1730000600}"#,
-                user(13),
-            ),
+            ("role user", r#"{"sub":"13","role":"user","exp":1730000600}"#, user(13)),
             (
                 "role other",
                 r#"{"sub":"13","role":"root","exp":1730000600}"#,
@@ -651,11 +550,7 @@ mod tests {
                 r#"{"sub":"13","role":null,"exp":1730000600}"#,
                 Err(JwtError::Claims("role is not \"user\" or \"admin\"")),
             ),
-            (
-                "exp missing",
-                r#"{"sub":"13"}"#,
-                Err(JwtError::Claims("exp is missing")),
-            ),
+            ("exp missing", r#"{"sub":"13"}"#, Err(JwtError::Claims("exp is missing"))),
             (
                 "exp string",
                 r#"{"sub":"13","exp":"1730000600"}"#,
@@ -671,69 +566,33 @@ mod tests {
                 r#"{"sub":"13","exp":true}"#,
                 Err(JwtError::Claims("exp is not a number")),
             ),
-            (
-                "exp fraction floors",
-                r#"{"sub":"13","exp":1730000600.999}"#,
-                user(13),
-            ),
+            ("exp fraction floors", r#"{"sub":"13","exp":1730000600.999}"#, user(13)),
             (
                 "exp beyond u64",
                 r#"{"sub":"13","exp":1e30}"#,
-                Ok(Claims {
-                    user: UserId(13),
-                    role: Role::User,
-                    expires_at: i64::MAX,
-                }),
+                Ok(Claims { user: UserId(13), role: Role::User, expires_at: i64::MAX }),
             ),
             (
                 "exp beyond i64",
                 r#"{"sub":"13","exp":18446744073709551615}"#,
-                Ok(Claims {
-                    user: UserId(13),
-                    role: Role::User,
-                    expires_at: i64::MAX,
-                }),
+                Ok(Claims { user: UserId(13), role: Role::User, expires_at: i64::MAX }),
             ),
-            (
-                "exp far past",
-                r#"{"sub":"13","exp":-9223372036854775808}"#,
-                Err(JwtError::Expired),
-            ),
-            (
-                "exp too big for JSON",
-                r#"{"sub":"13","exp":1e400}"#,
-                Err(JwtError::Json),
-            ),
+            ("exp far past", r#"{"sub":"13","exp":-9223372036854775808}"#, Err(JwtError::Expired)),
+            ("exp too big for JSON", r#"{"sub":"13","exp":1e400}"#, Err(JwtError::Json)),
             (
                 "nbf string",
                 r#"{"sub":"13","exp":1730000600,"nbf":"0"}"#,
                 Err(JwtError::Claims("nbf is not a number")),
             ),
-            (
-                "nbf past",
-                r#"{"sub":"13","exp":1730000600,"nbf":1700000000}"#,
-                user(13),
-            ),
+            ("nbf past", r#"{"sub":"13","exp":1730000600,"nbf":1700000000}"#, user(13)),
             // Expiry is checked before the user claims.
-            (
-                "expired and no user",
-                r#"{"exp":1}"#,
-                Err(JwtError::Expired),
-            ),
-            (
-                "payload is an array",
-                r#"[1730000600]"#,
-                Err(JwtError::Json),
-            ),
+            ("expired and no user", r#"{"exp":1}"#, Err(JwtError::Expired)),
+            ("payload is an array", r#"[1730000600]"#, Err(JwtError::Json)),
             ("payload is null", "null", Err(JwtError::Json)),
             ("payload is empty", "", Err(JwtError::Json)),
         ];
         for (name, payload, want) in cases {
-            assert_eq!(
-                verify(signed(payload).as_bytes(), KEY, NOW),
-                *want,
-                "{name}"
-            );
+            assert_eq!(verify(signed(payload).as_bytes(), KEY, NOW), *want, "{name}");
         }
     }
 
@@ -741,30 +600,10 @@ mod tests {
     fn exp_and_nbf_leeway_edges() {
         let exp = NOW;
         let cases: &[(&str, String, i64, Result<(), JwtError>)] = &[
-            (
-                "exp now",
-                format!(r#"{{"sub":"1","exp":{exp}}}"#),
-                exp,
-                Ok(()),
-            ),
-            (
-                "exp + 60",
-                format!(r#"{{"sub":"1","exp":{exp}}}"#),
-                exp + 60,
-                Ok(()),
-            ),
-            (
-                "exp + 61",
-                format!(r#"{{"sub":"1","exp":{exp}}}"#),
-                exp + 61,
-                Err(JwtError::Expired),
-            ),
-            (
-                "exp.5 + 60",
-                format!(r#"{{"sub":"1","exp":{exp}.5}}"#),
-                exp + 60,
-                Ok(()),
-            ),
+            ("exp now", format!(r#"{{"sub":"1","exp":{exp}}}"#), exp, Ok(())),
+            ("exp + 60", format!(r#"{{"sub":"1","exp":{exp}}}"#), exp + 60, Ok(())),
+            ("exp + 61", format!(r#"{{"sub":"1","exp":{exp}}}"#), exp + 61, Err(JwtError::Expired)),
+            ("exp.5 + 60", format!(r#"{{"sub":"1","exp":{exp}.5}}"#), exp + 60, Ok(())),
             (
                 "exp.5 + 61",
                 format!(r#"{{"sub":"1","exp":{exp}.5}}"#),
@@ -812,17 +651,10 @@ mod tests {
     fn sign_then_verify_round_trips() {
         for (id, role) in [(13, Role::User), (0, Role::Admin), (i64::MAX, Role::Admin)] {
             let token = sign(UserId(id), role, NOW, 3600, KEY);
-            let want = Claims {
-                user: UserId(id),
-                role,
-                expires_at: NOW + 3600,
-            };
+            let want = Claims { user: UserId(id), role, expires_at: NOW + 3600 };
             assert_eq!(verify(token.as_bytes(), KEY, NOW), Ok(want));
             assert_eq!(verify(token.as_bytes(), KEY, NOW + 3660), Ok(want));
-            assert_eq!(
-                verify(token.as_bytes(), KEY, NOW + 3661),
-                Err(JwtError::Expired)
-            );
+            assert_eq!(verify(token.as_bytes(), KEY, NOW + 3661), Err(JwtError::Expired));
         }
         assert_eq!(b64(r#"{"alg":"HS256","typ":"JWT"}"#), SIGNED_HEADER_B64);
     }
@@ -846,49 +678,25 @@ mod tests {
             ("empty", String::new(), JwtError::Format),
             ("one part", header.to_owned(), JwtError::Format),
             ("two parts", format!("{header}.{payload}"), JwtError::Format),
-            (
-                "four parts",
-                format!("{good}.{signature}"),
-                JwtError::Format,
-            ),
+            ("four parts", format!("{good}.{signature}"), JwtError::Format),
             ("trailing dot", format!("{good}."), JwtError::Format),
             ("only dots", "..".to_owned(), JwtError::Json),
-            (
-                "padded header",
-                format!("{header}=.{payload}.{signature}"),
-                JwtError::Base64,
-            ),
-            (
-                "padded payload",
-                format!("{header}.{payload}=.{signature}"),
-                JwtError::Signature,
-            ),
-            (
-                "padded signature",
-                format!("{header}.{payload}.{signature}="),
-                JwtError::Base64,
-            ),
+            ("padded header", format!("{header}=.{payload}.{signature}"), JwtError::Base64),
+            ("padded payload", format!("{header}.{payload}=.{signature}"), JwtError::Signature),
+            ("padded signature", format!("{header}.{payload}.{signature}="), JwtError::Base64),
             (
                 "standard alphabet",
                 format!("{header}.{payload}.+{}", &signature[1..]),
                 JwtError::Base64,
             ),
-            (
-                "space inside",
-                format!("{header}.{payload}. {signature}"),
-                JwtError::Base64,
-            ),
+            ("space inside", format!("{header}.{payload}. {signature}"), JwtError::Base64),
             ("newline at end", format!("{good}\n"), JwtError::Base64),
             (
                 "non-canonical last char",
                 format!("{header}.{payload}.{}", non_canonical(signature)),
                 JwtError::Base64,
             ),
-            (
-                "10 KiB",
-                format!("{header}.{}.{signature}", "A".repeat(10 * 1024)),
-                JwtError::Format,
-            ),
+            ("10 KiB", format!("{header}.{}.{signature}", "A".repeat(10 * 1024)), JwtError::Format),
         ];
         for (name, token, want) in cases {
             assert_eq!(verify(token.as_bytes(), KEY, NOW), Err(want), "{name}");
@@ -912,10 +720,7 @@ mod tests {
         // limit (128); members we ignore are skipped by a loop that does not recurse at all.
         let deep = format!("{}1{}", "[".repeat(2500), "]".repeat(2500));
         let known = format!(r#"{{"sub":{deep},"exp":1730000600}}"#);
-        assert_eq!(
-            verify(signed(&known).as_bytes(), KEY, NOW),
-            Err(JwtError::Json)
-        );
+        assert_eq!(verify(signed(&known).as_bytes(), KEY, NOW), Err(JwtError::Json));
         let header = format!(r#"{{"alg":{deep}}}"#);
         let token = token_with(&header, r#"{"sub":"1","exp":1730000600}"#);
         assert_eq!(verify(token.as_bytes(), KEY, NOW), Err(JwtError::Json));

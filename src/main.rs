@@ -42,10 +42,7 @@ fn print_token(args: &TokenArgs) -> Result<(), String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970".to_string())?
         .as_secs() as i64;
-    println!(
-        "{}",
-        jwt::sign(args.user, args.role, now, args.ttl_secs, &key)
-    );
+    println!("{}", jwt::sign(args.user, args.role, now, args.ttl_secs, &key));
     Ok(())
 }
 
@@ -57,9 +54,7 @@ fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start logging: {e}"))?;
     let open_files = raise_open_files_limit();
     // Descriptors beyond connections: listener, epoll, signal pipe, SQLite (db, WAL, shm), spare.
-    let max_conns = config
-        .max_conns
-        .unwrap_or_else(|| open_files.saturating_sub(32).max(1));
+    let max_conns = config.max_conns.unwrap_or_else(|| open_files.saturating_sub(32).max(1));
     let secret =
         secret::resolve(&config.db, std::env::var("JWT_SECRET").ok()).map_err(|e| e.to_string())?;
     let store = store::Store::open(&config.db).map_err(|e| e.to_string())?;
@@ -68,9 +63,7 @@ fn serve(config: Config) -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        store
-            .seed_demo(now_ms)
-            .map_err(|e| format!("cannot seed the demo data: {e}"))?;
+        store.seed_demo(now_ms).map_err(|e| format!("cannot seed the demo data: {e}"))?;
         log::info!(
             "demo data ready: user 13, limit 200000 over this month; try `periode-sse token 13`"
         );
@@ -86,34 +79,24 @@ fn serve(config: Config) -> Result<(), String> {
         max_conns,
         config.max_conns_per_user
     );
-    server
-        .run()
-        .map_err(|e| format!("the event loop failed: {e}"))
+    server.run().map_err(|e| format!("the event loop failed: {e}"))
 }
 
 /// Lifts the soft open-files limit to the hard one (each stream is a descriptor) and returns
 /// the limit in force.
 fn raise_open_files_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 1024;
         }
         if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 limit = raised;
             }
         }
     }
-    usize::try_from(limit.rlim_cur)
-        .unwrap_or(usize::MAX)
-        .min(1 << 24)
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(1 << 24)
 }

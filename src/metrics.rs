@@ -86,41 +86,27 @@ impl Metrics {
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, value: u64| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-            );
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
         };
         gauge(
             "periode_sse_connections_open",
             "Open TCP connections, streams included.",
             g.connections_open as u64,
         );
-        gauge(
-            "periode_sse_streams_open",
-            "Open event streams.",
-            g.streams_open as u64,
-        );
+        gauge("periode_sse_streams_open", "Open event streams.", g.streams_open as u64);
         gauge(
             "periode_sse_users_with_streams",
             "Users with at least one open stream.",
             g.users_with_streams as u64,
         );
-        gauge(
-            "periode_sse_max_connections",
-            "The --max-conns in force.",
-            g.max_conns as u64,
-        );
+        gauge("periode_sse_max_connections", "The --max-conns in force.", g.max_conns as u64);
         gauge(
             "periode_sse_largest_commit_batch",
             "Most writes ever made durable by one commit.",
             self.largest_commit_batch,
         );
         let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            );
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n");
         };
         counter(
             "periode_sse_connections_accepted_total",
@@ -132,11 +118,7 @@ impl Metrics {
             "Event streams started.",
             self.streams_started,
         );
-        counter(
-            "periode_sse_bytes_written_total",
-            "Bytes written to sockets.",
-            self.bytes_written,
-        );
+        counter("periode_sse_bytes_written_total", "Bytes written to sockets.", self.bytes_written);
         counter(
             "periode_sse_transactions_recorded_total",
             "Transactions committed.",
@@ -172,10 +154,7 @@ impl Metrics {
             ("notification", self.events_notification),
             ("heartbeat", self.events_heartbeat),
         ] {
-            let _ = writeln!(
-                out,
-                "periode_sse_events_sent_total{{event=\"{name}\"}} {value}"
-            );
+            let _ = writeln!(out, "periode_sse_events_sent_total{{event=\"{name}\"}} {value}");
         }
         out.push_str("# HELP periode_sse_disconnects_total Connections ended, by reason.\n");
         out.push_str("# TYPE periode_sse_disconnects_total counter\n");
@@ -243,10 +222,7 @@ mod tests {
             "periode_sse_streams_open 2",
             "periode_sse_connections_open 4",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
     }
 }

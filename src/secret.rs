@@ -52,17 +52,11 @@ fn read_secret_file(path: &Path) -> Result<Option<Vec<u8>>, SecretError> {
     let mut text = String::new();
     match std::fs::File::open(path) {
         Ok(mut file) => file.read_to_string(&mut text).map_err(|e| {
-            SecretError(format!(
-                "cannot read the secret file {}: {e}",
-                path.display()
-            ))
+            SecretError(format!("cannot read the secret file {}: {e}", path.display()))
         })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(SecretError(format!(
-                "cannot open the secret file {}: {e}",
-                path.display()
-            )))
+            return Err(SecretError(format!("cannot open the secret file {}: {e}", path.display())))
         }
     };
     let secret = text.trim_end_matches(['\r', '\n']);
@@ -83,31 +77,21 @@ fn create_secret_file(path: &Path) -> Result<Vec<u8>, SecretError> {
         .and_then(|mut f| f.read_exact(&mut raw))
         .map_err(|e| SecretError(format!("cannot read /dev/urandom to make a secret: {e}")))?;
     let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path);
+    let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
     match created {
         Ok(mut file) => {
-            file.write_all(format!("{text}\n").as_bytes())
-                .and_then(|_| file.sync_all())
-                .map_err(|e| {
-                    SecretError(format!(
-                        "cannot write the secret file {}: {e}",
-                        path.display()
-                    ))
-                })?;
+            file.write_all(format!("{text}\n").as_bytes()).and_then(|_| file.sync_all()).map_err(
+                |e| SecretError(format!("cannot write the secret file {}: {e}", path.display())),
+            )?;
             log::info!("generated a new HS256 secret in {}", path.display());
             Ok(text.into_bytes())
         }
         // Another process (`serve` and `token` started together) made it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_secret_file(path)?
             .ok_or_else(|| SecretError(format!("the secret file {} vanished", path.display()))),
-        Err(e) => Err(SecretError(format!(
-            "cannot create the secret file {}: {e}",
-            path.display()
-        ))),
+        Err(e) => {
+            Err(SecretError(format!("cannot create the secret file {}: {e}", path.display())))
+        }
     }
 }
 
@@ -130,13 +114,7 @@ mod tests {
         assert_eq!(path, dir.join("x.db.secret"));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .trim_end()
-                .as_bytes(),
-            &first[..]
-        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim_end().as_bytes(), &first[..]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

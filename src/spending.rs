@@ -33,11 +33,7 @@ impl AlertPercentage {
         let frac = &frac_part[..frac_part.len().min(MAX_ALERT_DECIMALS as usize)];
         let digits = format!("{int_part}{frac}");
         let mantissa: i64 = digits.parse().ok()?;
-        let alert = AlertPercentage {
-            value,
-            mantissa,
-            scale: frac.len() as u32,
-        };
+        let alert = AlertPercentage { value, mantissa, scale: frac.len() as u32 };
         if alert.mantissa <= 0 {
             return None;
         }
@@ -197,12 +193,7 @@ mod tests {
             (1, 20_000, 1, "0.01"), // 0.005 % → 0.01: half rounds away from zero
             (0, 5, 0, "0"),
             (5, 5, 10_000, "100"),
-            (
-                i64::MAX,
-                1,
-                i64::MAX as i128 * 10_000,
-                "922337203685477580700",
-            ),
+            (i64::MAX, 1, i64::MAX as i128 * 10_000, "922337203685477580700"),
         ];
         for &(spent, max, want, text) in cases {
             let got = percentage_hundredths(spent, max);

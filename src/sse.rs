@@ -125,11 +125,7 @@ mod tests {
             if line.is_empty() {
                 if !data.is_empty() {
                     data.pop(); // the last line's LF
-                    let name = if event.is_empty() {
-                        "message".to_string()
-                    } else {
-                        event.clone()
-                    };
+                    let name = if event.is_empty() { "message".to_string() } else { event.clone() };
                     events.push(Parsed {
                         event: name,
                         data: data.clone(),
@@ -178,12 +174,7 @@ mod tests {
                 r#"{"message":"Connected to Spending notifications"}"#,
                 "event: connected\ndata: {\"message\":\"Connected to Spending notifications\"}\n\n",
             ),
-            (
-                Some(41),
-                "notification",
-                "{}",
-                "id: 41\nevent: notification\ndata: {}\n\n",
-            ),
+            (Some(41), "notification", "{}", "id: 41\nevent: notification\ndata: {}\n\n"),
             (Some(0), "x", "", "id: 0\nevent: x\ndata: \n\n"),
             (None, "", "a\nb", "data: a\ndata: b\n\n"),
             (None, "", "a\r\nb\rc", "data: a\ndata: b\ndata: c\n\n"),
@@ -195,25 +186,14 @@ mod tests {
 
     #[test]
     fn round_trips_through_a_spec_parser() {
-        let cases = [
-            "plain",
-            "two\nlines",
-            "crlf\r\nline",
-            "",
-            " leading space",
-            "trail\n",
-        ];
+        let cases = ["plain", "two\nlines", "crlf\r\nline", "", " leading space", "trail\n"];
         for data in cases {
             let text = encoded(Some(7), "notification", data);
             let got = parse(&text);
             let want_data = data.replace("\r\n", "\n");
             assert_eq!(
                 got,
-                vec![Parsed {
-                    event: "notification".into(),
-                    data: want_data,
-                    last_id: "7".into()
-                }],
+                vec![Parsed { event: "notification".into(), data: want_data, last_id: "7".into() }],
                 "data {data:?}"
             );
         }
@@ -238,18 +218,9 @@ mod tests {
         assert_eq!(data, vec!["", "\n"]);
         let three =
             parse(": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n");
-        let got: Vec<(&str, &str)> = three
-            .iter()
-            .map(|p| (p.data.as_str(), p.last_id.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("first event", "1"),
-                ("second event", ""),
-                (" third event", "")
-            ]
-        );
+        let got: Vec<(&str, &str)> =
+            three.iter().map(|p| (p.data.as_str(), p.last_id.as_str())).collect();
+        assert_eq!(got, vec![("first event", "1"), ("second event", ""), (" third event", "")]);
     }
 
     #[test]

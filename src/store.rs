@@ -110,12 +110,8 @@ impl Store {
     }
 
     pub fn user_active(&self, user: UserId) -> Result<Option<bool>> {
-        let mut stmt = self
-            .db
-            .prepare_cached("SELECT active FROM users WHERE id = ?1")?;
-        Ok(stmt
-            .query_row([user.0], |row| row.get::<_, bool>(0))
-            .optional()?)
+        let mut stmt = self.db.prepare_cached("SELECT active FROM users WHERE id = ?1")?;
+        Ok(stmt.query_row([user.0], |row| row.get::<_, bool>(0)).optional()?)
     }
 
     pub fn limit(&self, user: UserId) -> Result<Option<Limit>> {
@@ -149,10 +145,10 @@ impl Store {
             "SELECT COALESCE(SUM(amount), 0) FROM transactions
              WHERE user_id = ?1 AND occurred_at BETWEEN ?2 AND ?3",
         )?;
-        Ok(stmt.query_row(
-            params![user.0, limit.periode_start_ms, limit.periode_end_ms],
-            |row| row.get(0),
-        )?)
+        Ok(stmt
+            .query_row(params![user.0, limit.periode_start_ms, limit.periode_end_ms], |row| {
+                row.get(0)
+            })?)
     }
 
     /// The status against the limit whose period covers `now_ms`, if there is one.
@@ -168,9 +164,8 @@ impl Store {
     }
 
     pub fn last_notification_id(&self, user: UserId) -> Result<u64> {
-        let mut stmt = self
-            .db
-            .prepare_cached("SELECT last_notification_id FROM users WHERE id = ?1")?;
+        let mut stmt =
+            self.db.prepare_cached("SELECT last_notification_id FROM users WHERE id = ?1")?;
         let id: Option<i64> = stmt.query_row([user.0], |row| row.get(0)).optional()?;
         Ok(id.unwrap_or(0).max(0) as u64)
     }
@@ -228,12 +223,8 @@ impl Store {
         description: Option<&str>,
         occurred_at_ms: i64,
     ) -> Result<std::result::Result<Transaction, WriteRefusal>> {
-        let mut total = self
-            .db
-            .prepare_cached("SELECT total_spent FROM users WHERE id = ?1")?;
-        let Some(total_spent) = total
-            .query_row([user.0], |row| row.get::<_, i64>(0))
-            .optional()?
+        let mut total = self.db.prepare_cached("SELECT total_spent FROM users WHERE id = ?1")?;
+        let Some(total_spent) = total.query_row([user.0], |row| row.get::<_, i64>(0)).optional()?
         else {
             return Ok(Err(WriteRefusal::UnknownUser));
         };
@@ -304,23 +295,16 @@ impl Store {
     /// (once per month) transactions adding up to 267000.
     pub fn seed_demo(&self, now_ms: i64) -> Result<()> {
         const DEMO_USER: UserId = UserId(13);
-        const DEMO_SPENDING: [(i64, &str); 3] = [
-            (150_000, "groceries"),
-            (87_000, "electricity"),
-            (30_000, "coffee with the team"),
-        ];
+        const DEMO_SPENDING: [(i64, &str); 3] =
+            [(150_000, "groceries"), (87_000, "electricity"), (30_000, "coffee with the team")];
         let (start, end) = month_bounds_ms(now_ms);
         self.begin()?;
         let seed = || -> Result<()> {
             self.put_user(DEMO_USER, true)?;
             let alert =
                 AlertPercentage::new(85.0).ok_or(StoreError::Sql(rusqlite::Error::InvalidQuery))?;
-            let limit = Limit {
-                max_limit: 200_000,
-                alert,
-                periode_start_ms: start,
-                periode_end_ms: end,
-            };
+            let limit =
+                Limit { max_limit: 200_000, alert, periode_start_ms: start, periode_end_ms: end };
             let _ = self.put_limit(DEMO_USER, &limit)?;
             let marker = format!("demo-transactions:{start}");
             let inserted = self
@@ -377,25 +361,16 @@ mod tests {
         store.begin().unwrap();
         store.put_user(UserId(1), true).unwrap();
         for i in 1..=1005u64 {
-            assert_eq!(
-                store
-                    .insert_notification(UserId(1), &format!("{{\"n\":{i}}}"))
-                    .unwrap(),
-                i
-            );
+            assert_eq!(store.insert_notification(UserId(1), &format!("{{\"n\":{i}}}")).unwrap(), i);
         }
         store.commit().unwrap();
         let mut ids = Vec::new();
-        store
-            .notifications_after(UserId(1), 0, |id, _| ids.push(id))
-            .unwrap();
+        store.notifications_after(UserId(1), 0, |id, _| ids.push(id)).unwrap();
         assert_eq!(ids.len(), 1000);
         assert_eq!((ids[0], ids[999]), (6, 1005));
         let mut tail = Vec::new();
         store
-            .notifications_after(UserId(1), 1002, |id, data| {
-                tail.push((id, data.to_string()))
-            })
+            .notifications_after(UserId(1), 1002, |id, data| tail.push((id, data.to_string())))
             .unwrap();
         assert_eq!(
             tail,
@@ -415,10 +390,7 @@ mod tests {
         let (store, dir) = temp_store("overflow");
         store.begin().unwrap();
         store.put_user(UserId(1), true).unwrap();
-        assert!(store
-            .insert_transaction(UserId(1), i64::MAX, None, 0)
-            .unwrap()
-            .is_ok());
+        assert!(store.insert_transaction(UserId(1), i64::MAX, None, 0).unwrap().is_ok());
         assert_eq!(
             store.insert_transaction(UserId(1), 1, None, 0).unwrap(),
             Err(WriteRefusal::TotalOverflow)

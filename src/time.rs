@@ -138,11 +138,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
 /// contains `epoch_ms`.
 pub fn month_bounds_ms(epoch_ms: i64) -> (i64, i64) {
     let (year, month, _) = civil_from_days(epoch_ms.div_euclid(MS_PER_DAY));
-    let (next_year, next_month) = if month == 12 {
-        (year + 1, 1)
-    } else {
-        (year, month + 1)
-    };
+    let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
     // Overflow is only possible within a month of i64's ends, some 292 million years away;
     // there the bounds stop at i64's, still containing `epoch_ms`.
     let start = days_from_civil(year, month, 1).saturating_mul(MS_PER_DAY);
@@ -166,9 +162,7 @@ impl Cursor<'_> {
             return Err(TimeError);
         }
         self.rest = &self.rest[count..];
-        Ok(field
-            .iter()
-            .fold(0, |value, digit| value * 10 + u32::from(digit - b'0')))
+        Ok(field.iter().fold(0, |value, digit| value * 10 + u32::from(digit - b'0')))
     }
 
     /// One byte that is one of `allowed`; returns which.
@@ -222,11 +216,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153; // 0..=11
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1; // 1..=31
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = year_of_era + era * 400 + if month <= 2 { 1 } else { 0 };
     // Both values are in range by construction (1..=12 and 1..=31), so the casts are exact.
     (year, month as u32, day as u32)
@@ -302,10 +292,7 @@ mod tests {
             ("0000-01-01T00:00:00Z", MIN_FORMATTABLE_MS),
             ("9999-12-31T23:59:59.999Z", MAX_FORMATTABLE_MS),
             ("0000-01-01T00:00:00+23:59", MIN_FORMATTABLE_MS - 86_340_000),
-            (
-                "9999-12-31T23:59:59.999-23:59",
-                MAX_FORMATTABLE_MS + 86_340_000,
-            ),
+            ("9999-12-31T23:59:59.999-23:59", MAX_FORMATTABLE_MS + 86_340_000),
         ];
         for (input, want) in cases {
             assert_eq!(parse_rfc3339_ms(input), Ok(want), "{input}");
@@ -375,11 +362,9 @@ mod tests {
             assert_eq!(parse_rfc3339_ms(&text), Ok(epoch_ms), "{text}");
             epoch_ms += 7_777_777_777;
         }
-        for input in [
-            "2024-02-29T23:59:59.999Z",
-            "1600-02-29T00:00:00.000Z",
-            "1969-12-31T00:00:00.000Z",
-        ] {
+        for input in
+            ["2024-02-29T23:59:59.999Z", "1600-02-29T00:00:00.000Z", "1969-12-31T00:00:00.000Z"]
+        {
             assert_eq!(format_rfc3339_ms(ms(input)), input);
         }
     }
@@ -406,51 +391,15 @@ mod tests {
     #[test]
     fn month_bounds() {
         let cases = [
-            (
-                "2025-01-15T12:00:00Z",
-                "2025-01-01T00:00:00.000Z",
-                "2025-01-31T23:59:59.999Z",
-            ),
-            (
-                "2025-01-01T00:00:00Z",
-                "2025-01-01T00:00:00.000Z",
-                "2025-01-31T23:59:59.999Z",
-            ),
-            (
-                "2025-01-31T23:59:59.999Z",
-                "2025-01-01T00:00:00.000Z",
-                "2025-01-31T23:59:59.999Z",
-            ),
-            (
-                "2024-02-10T00:00:00Z",
-                "2024-02-01T00:00:00.000Z",
-                "2024-02-29T23:59:59.999Z",
-            ),
-            (
-                "2023-02-10T00:00:00Z",
-                "2023-02-01T00:00:00.000Z",
-                "2023-02-28T23:59:59.999Z",
-            ),
-            (
-                "2024-12-31T23:59:59.999Z",
-                "2024-12-01T00:00:00.000Z",
-                "2024-12-31T23:59:59.999Z",
-            ),
-            (
-                "2024-04-30T10:00:00Z",
-                "2024-04-01T00:00:00.000Z",
-                "2024-04-30T23:59:59.999Z",
-            ),
-            (
-                "1969-12-31T23:59:59.999Z",
-                "1969-12-01T00:00:00.000Z",
-                "1969-12-31T23:59:59.999Z",
-            ),
-            (
-                "9999-12-15T00:00:00Z",
-                "9999-12-01T00:00:00.000Z",
-                "9999-12-31T23:59:59.999Z",
-            ),
+            ("2025-01-15T12:00:00Z", "2025-01-01T00:00:00.000Z", "2025-01-31T23:59:59.999Z"),
+            ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.000Z", "2025-01-31T23:59:59.999Z"),
+            ("2025-01-31T23:59:59.999Z", "2025-01-01T00:00:00.000Z", "2025-01-31T23:59:59.999Z"),
+            ("2024-02-10T00:00:00Z", "2024-02-01T00:00:00.000Z", "2024-02-29T23:59:59.999Z"),
+            ("2023-02-10T00:00:00Z", "2023-02-01T00:00:00.000Z", "2023-02-28T23:59:59.999Z"),
+            ("2024-12-31T23:59:59.999Z", "2024-12-01T00:00:00.000Z", "2024-12-31T23:59:59.999Z"),
+            ("2024-04-30T10:00:00Z", "2024-04-01T00:00:00.000Z", "2024-04-30T23:59:59.999Z"),
+            ("1969-12-31T23:59:59.999Z", "1969-12-01T00:00:00.000Z", "1969-12-31T23:59:59.999Z"),
+            ("9999-12-15T00:00:00Z", "9999-12-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"),
         ];
         for (at, start, end) in cases {
             assert_eq!(month_bounds_ms(ms(at)), (ms(start), ms(end)), "{at}");

@@ -58,23 +58,13 @@ impl TimerWheel {
     pub fn schedule(&mut self, key: usize, deadline_ms: u64) {
         self.cancel(key);
         if self.entries.len() <= key {
-            self.entries.resize(
-                key + 1,
-                Entry {
-                    deadline_ms: 0,
-                    slot: 0,
-                    pos: UNSCHEDULED,
-                },
-            );
+            self.entries.resize(key + 1, Entry { deadline_ms: 0, slot: 0, pos: UNSCHEDULED });
         }
         // Never file into a slot that has already been passed in this turn.
         let tick = (deadline_ms / TICK_MS).max(self.done_tick + 1);
         let slot = tick as usize % SLOTS;
-        self.entries[key] = Entry {
-            deadline_ms,
-            slot: slot as u32,
-            pos: self.slots[slot].len() as u32,
-        };
+        self.entries[key] =
+            Entry { deadline_ms, slot: slot as u32, pos: self.slots[slot].len() as u32 };
         self.slots[slot].push(key as u32);
         self.occupied[slot / 64] |= 1 << (slot % 64);
         self.len += 1;
@@ -102,10 +92,7 @@ impl TimerWheel {
     }
 
     pub fn deadline(&self, key: usize) -> Option<u64> {
-        self.entries
-            .get(key)
-            .filter(|e| e.pos != UNSCHEDULED)
-            .map(|e| e.deadline_ms)
+        self.entries.get(key).filter(|e| e.pos != UNSCHEDULED).map(|e| e.deadline_ms)
     }
 
     /// Moves every key whose deadline is at or before `now_ms` into `due` (unscheduling it).

@@ -29,23 +29,13 @@ pub struct Applied {
 
 impl Applied {
     fn answer(response: Response) -> Applied {
-        Applied {
-            response,
-            notification: None,
-            deactivated: None,
-            transaction_recorded: false,
-        }
+        Applied { response, notification: None, deactivated: None, transaction_recorded: false }
     }
 }
 
 pub fn apply(store: &Store, op: &WriteOp, now_ms: i64) -> Result<Applied, StoreError> {
     match op {
-        WriteOp::Transaction {
-            user,
-            amount,
-            description,
-            occurred_at_ms,
-        } => {
+        WriteOp::Transaction { user, amount, description, occurred_at_ms } => {
             let tx = match store.insert_transaction(
                 *user,
                 *amount,
@@ -123,10 +113,7 @@ fn refused(user: UserId, refusal: WriteRefusal) -> Response {
         WriteRefusal::TotalOverflow => Response::error(
             400,
             "bad_request",
-            &format!(
-                "amount would take user {user}'s total spending beyond {}",
-                i64::MAX
-            ),
+            &format!("amount would take user {user}'s total spending beyond {}", i64::MAX),
         ),
     }
 }

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every test of periode-sse: unit and integration tests (real binary, real sockets, real
+# SQLite), the curl smoke test, the browser and client tests, a short soak, and the build
+# checks of the benches and the density tool. Installs what a fresh machine lacks.
+# Usage: scripts/test.sh            (everything)
+#        SKIP_BROWSER=1 scripts/test.sh   (no Chromium / npm / pip steps)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+need_pkgs=()
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  step "installing ${need_pkgs[*]}"
+  apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "unit and integration tests"
+cargo test --all-targets --quiet 2>&1 | tee target/cargo-test.log
+grep -q "test result" target/cargo-test.log
+
+step "release build"
+cargo build --release --quiet
+export PERIODE_SSE_BIN="$PWD/target/release/periode-sse"
+
+step "smoke test (the seed's curl tests)"
+scripts/smoke.sh
+
+if [ -z "${SKIP_BROWSER:-}" ]; then
+  step "browser test (headless Chromium)"
+  scripts/browser-test.sh
+  step "client tests (npm eventsource, Python httpx-sse)"
+  scripts/clients-test.sh
+fi
+
+step "soak (short)"
+scripts/soak.sh --seconds 20
+
+step "benches build, density tool at N=200"
+cargo bench --no-run --quiet
+scripts/density.sh --ci
+
+step "all passed"
