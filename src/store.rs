@@ -5,11 +5,19 @@
 //! `begin` and `commit`, which the server calls once per loop turn around every write that
 //! arrived in that turn (group commit): with `synchronous=FULL` a commit is durable when it
 //! returns, so an answer sent after it is a promise kept even through `kill -9`.
+//!
+//! What a connect reads (is the user active, their limit, spending and latest notification id)
+//! is kept in a per-user cache, so that opening a stream costs no query once the user is known.
+//! The cache is read-through and dropped for a user whenever a commit touched them; inside a
+//! batch every read goes to SQLite, which sees the batch's own uncommitted writes. This relies
+//! on periode-sse being the only writer of its database.
 
 use crate::domain::UserId;
 use crate::spending::{AlertPercentage, Limit, Status};
 use crate::time::month_bounds_ms;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -88,8 +96,25 @@ pub enum WriteRefusal {
     TotalOverflow,
 }
 
+/// Past this many cached users the cache starts over (a bound, not an eviction policy).
+const MAX_CACHED_USERS: usize = 200_000;
+
+/// Everything a connect or a status read needs of one user.
+#[derive(Debug, Clone, Copy)]
+struct UserView {
+    active: bool,
+    last_notification_id: u64,
+    limit: Option<Limit>,
+    /// The sum over the limit's period (0 without a limit).
+    spending: i64,
+}
+
 pub struct Store {
     db: Connection,
+    /// `None` values remember users that do not exist.
+    cache: RefCell<HashMap<UserId, Option<UserView>>>,
+    in_batch: Cell<bool>,
+    touched: RefCell<Vec<UserId>>,
 }
 
 impl Store {
@@ -106,12 +131,54 @@ impl Store {
             Ok(())
         };
         setup(&db).map_err(|e| StoreError::Open(shown, e))?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            cache: RefCell::new(HashMap::new()),
+            in_batch: Cell::new(false),
+            touched: RefCell::new(Vec::new()),
+        })
     }
 
+    fn view(&self, user: UserId) -> Result<Option<UserView>> {
+        if self.in_batch.get() {
+            return self.load_view(user);
+        }
+        if let Some(view) = self.cache.borrow().get(&user) {
+            return Ok(*view);
+        }
+        let view = self.load_view(user)?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= MAX_CACHED_USERS {
+            cache.clear();
+        }
+        cache.insert(user, view);
+        Ok(view)
+    }
+
+    fn load_view(&self, user: UserId) -> Result<Option<UserView>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT active, last_notification_id FROM users WHERE id = ?1")?;
+        let row = stmt
+            .query_row([user.0], |row| Ok((row.get::<_, bool>(0)?, row.get::<_, i64>(1)?)))
+            .optional()?;
+        let Some((active, last_id)) = row else { return Ok(None) };
+        let limit = self.limit(user)?;
+        let spending = match &limit {
+            Some(limit) => self.spending(user, limit)?,
+            None => 0,
+        };
+        Ok(Some(UserView { active, last_notification_id: last_id.max(0) as u64, limit, spending }))
+    }
+
+    /// Records that this batch changed `user`, so their cached view goes at commit.
+    fn touch(&self, user: UserId) {
+        self.touched.borrow_mut().push(user);
+    }
+
+    /// `None` when the user does not exist.
     pub fn user_active(&self, user: UserId) -> Result<Option<bool>> {
-        let mut stmt = self.db.prepare_cached("SELECT active FROM users WHERE id = ?1")?;
-        Ok(stmt.query_row([user.0], |row| row.get::<_, bool>(0)).optional()?)
+        Ok(self.view(user)?.map(|v| v.active))
     }
 
     pub fn limit(&self, user: UserId) -> Result<Option<Limit>> {
@@ -153,8 +220,10 @@ impl Store {
 
     /// The status against the limit whose period covers `now_ms`, if there is one.
     pub fn active_status(&self, user: UserId, now_ms: i64) -> Result<Option<Status>> {
-        match self.limit(user)? {
-            Some(limit) if limit.covers(now_ms) => Ok(Some(self.status_for(user, limit)?)),
+        match self.view(user)? {
+            Some(UserView { limit: Some(limit), spending, .. }) if limit.covers(now_ms) => {
+                Ok(Some(Status::compute(spending, limit)))
+            }
             _ => Ok(None),
         }
     }
@@ -164,10 +233,7 @@ impl Store {
     }
 
     pub fn last_notification_id(&self, user: UserId) -> Result<u64> {
-        let mut stmt =
-            self.db.prepare_cached("SELECT last_notification_id FROM users WHERE id = ?1")?;
-        let id: Option<i64> = stmt.query_row([user.0], |row| row.get(0)).optional()?;
-        Ok(id.unwrap_or(0).max(0) as u64)
+        Ok(self.view(user)?.map_or(0, |v| v.last_notification_id))
     }
 
     /// Calls `each` with every kept notification of `user` whose id is above `after`, oldest
@@ -193,18 +259,27 @@ impl Store {
 
     pub fn begin(&self) -> Result<()> {
         self.db.execute_batch("BEGIN IMMEDIATE")?;
+        self.in_batch.set(true);
         Ok(())
     }
 
     pub fn commit(&self) -> Result<()> {
         self.db.execute_batch("COMMIT")?;
+        self.in_batch.set(false);
+        let mut cache = self.cache.borrow_mut();
+        for user in self.touched.borrow_mut().drain(..) {
+            cache.remove(&user);
+        }
         Ok(())
     }
 
+    /// Undoes the batch; the cache still matches what is committed.
     pub fn rollback(&self) {
         if let Err(e) = self.db.execute_batch("ROLLBACK") {
             log::error!("rollback failed: {e}");
         }
+        self.in_batch.set(false);
+        self.touched.borrow_mut().clear();
     }
 
     /// Creates the user or sets their `active` flag.
@@ -213,6 +288,7 @@ impl Store {
             "INSERT INTO users (id, active) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET active = ?2",
         )?;
         stmt.execute(params![user.0, active])?;
+        self.touch(user);
         Ok(())
     }
 
@@ -231,6 +307,7 @@ impl Store {
         let Some(new_total) = total_spent.checked_add(amount) else {
             return Ok(Err(WriteRefusal::TotalOverflow));
         };
+        self.touch(user);
         self.db
             .prepare_cached("UPDATE users SET total_spent = ?2 WHERE id = ?1")?
             .execute(params![user.0, new_total])?;
@@ -254,9 +331,12 @@ impl Store {
         user: UserId,
         limit: &Limit,
     ) -> Result<std::result::Result<(), WriteRefusal>> {
-        if self.user_active(user)?.is_none() {
+        let exists =
+            self.db.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?.exists([user.0])?;
+        if !exists {
             return Ok(Err(WriteRefusal::UnknownUser));
         }
+        self.touch(user);
         let mut stmt = self.db.prepare_cached(
             "INSERT OR REPLACE INTO limits (user_id, max_limit, alert_percentage, periode_start, periode_end)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -279,6 +359,7 @@ impl Store {
              RETURNING last_notification_id",
         )?;
         let id: i64 = bump.query_row([user.0], |row| row.get(0))?;
+        self.touch(user);
         self.db
             .prepare_cached("INSERT INTO notifications (user_id, id, data) VALUES (?1, ?2, ?3)")?
             .execute(params![user.0, id, data])?;
@@ -400,6 +481,40 @@ mod tests {
             Err(WriteRefusal::UnknownUser)
         );
         store.commit().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_cache_follows_commits_and_ignores_rollbacks() {
+        let (store, dir) = temp_store("cache");
+        let now = 1_761_037_745_915;
+        store.seed_demo(now).unwrap();
+        let before = store.active_status(UserId(13), now).unwrap().unwrap().current_spending;
+        assert_eq!(before, 267_000);
+        store.begin().unwrap();
+        store.insert_transaction(UserId(13), 1_000, None, now).unwrap().unwrap();
+        // Inside the batch reads see the batch's own write.
+        assert_eq!(
+            store.active_status(UserId(13), now).unwrap().unwrap().current_spending,
+            268_000
+        );
+        store.rollback();
+        assert_eq!(
+            store.active_status(UserId(13), now).unwrap().unwrap().current_spending,
+            267_000
+        );
+        store.begin().unwrap();
+        store.insert_transaction(UserId(13), 2_000, None, now).unwrap().unwrap();
+        store.insert_notification(UserId(13), "{}").unwrap();
+        store.put_user(UserId(14), false).unwrap();
+        store.commit().unwrap();
+        assert_eq!(
+            store.active_status(UserId(13), now).unwrap().unwrap().current_spending,
+            269_000
+        );
+        assert_eq!(store.last_notification_id(UserId(13)).unwrap(), 1);
+        assert_eq!(store.user_active(UserId(14)).unwrap(), Some(false));
+        assert_eq!(store.user_active(UserId(15)).unwrap(), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
