@@ -72,6 +72,8 @@ const BAD_LENGTH: Rejection = reject(400, "bad_request", "invalid or conflicting
 const CHUNKED: Rejection =
     reject(501, "not_implemented", "Transfer-Encoding on requests is not supported");
 const TOO_MANY_HEADERS: Rejection = reject(431, "headers_too_large", "too many request headers");
+const TWO_AUTHORIZATIONS: Rejection =
+    reject(400, "bad_request", "more than one Authorization header");
 const BAD_VERSION: Rejection = reject(400, "bad_request", "only HTTP/1.0 and HTTP/1.1 are served");
 
 pub fn parse_request(buf: &[u8]) -> Parse<'_> {
@@ -128,6 +130,9 @@ pub fn parse_request(buf: &[u8]) -> Parse<'_> {
                 }
             }
         } else if name.eq_ignore_ascii_case("authorization") {
+            if authorization.is_some() {
+                return Parse::Reject(TWO_AUTHORIZATIONS);
+            }
             authorization = Some(value);
         } else if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = Some(value);
@@ -151,7 +156,7 @@ pub fn parse_request(buf: &[u8]) -> Parse<'_> {
         "OPTIONS" => Method::Options,
         _ => Method::Other,
     };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = split_target(target);
     let request = Request {
         method,
         path,
@@ -164,6 +169,25 @@ pub fn parse_request(buf: &[u8]) -> Parse<'_> {
         body: &buf[head_len..total],
     };
     Parse::Complete(request, total)
+}
+
+/// Splits a request target into path and query. RFC 9112 §3.2.2: a server accepts the
+/// absolute form (`http://host:port/p?q`) too; its authority is dropped.
+fn split_target(target: &str) -> (&str, &str) {
+    let has_prefix = |prefix: &str| {
+        target.len() >= prefix.len() && target[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let origin_form = if has_prefix("http://") || has_prefix("https://") {
+        let after_scheme = &target[target.find("//").map_or(0, |at| at + 2)..];
+        match after_scheme.find(['/', '?']) {
+            Some(at) if after_scheme.as_bytes()[at] == b'/' => &after_scheme[at..],
+            Some(at) => return ("/", &after_scheme[at + 1..]),
+            None => return ("/", ""),
+        }
+    } else {
+        target
+    };
+    origin_form.split_once('?').unwrap_or((origin_form, ""))
 }
 
 /// Only plain decimal digits: no sign, no spaces inside, no list form.
@@ -254,15 +278,37 @@ pub fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether the connection stays open after this answer, and how to say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1's default: nothing to say.
+    KeepAlive,
+    /// An HTTP/1.0 client asked to keep the connection: it must hear that we agree.
+    KeepAlive10,
+    Close,
+}
+
+impl Persistence {
+    pub fn of(keep_alive: bool, http10: bool) -> Persistence {
+        match (keep_alive, http10) {
+            (false, _) => Persistence::Close,
+            (true, false) => Persistence::KeepAlive,
+            (true, true) => Persistence::KeepAlive10,
+        }
+    }
+}
+
 /// Ends a head for a response with a body of `body_len` bytes (or none, for 204).
-pub fn end_head(out: &mut Vec<u8>, status: u16, body_len: usize, keep_alive: bool) {
+pub fn end_head(out: &mut Vec<u8>, status: u16, body_len: usize, persistence: Persistence) {
     if status != 204 {
         out.extend_from_slice(b"Content-Length: ");
         out.extend_from_slice(body_len.to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
+    match persistence {
+        Persistence::KeepAlive => {}
+        Persistence::KeepAlive10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        Persistence::Close => out.extend_from_slice(b"Connection: close\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -361,6 +407,30 @@ mod tests {
     }
 
     #[test]
+    fn targets_in_origin_and_absolute_form() {
+        let cases = [
+            ("/a?b=1", ("/a", "b=1")),
+            ("/a", ("/a", "")),
+            ("http://h:8989/a/b?c", ("/a/b", "c")),
+            ("HTTP://h/a", ("/a", "")),
+            ("https://h?x=1", ("/", "x=1")),
+            ("http://h", ("/", "")),
+            ("*", ("*", "")),
+        ];
+        for (target, want) in cases {
+            assert_eq!(split_target(target), want, "{target}");
+        }
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        assert_eq!(
+            rejected(b"GET / HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n"),
+            400
+        );
+    }
+
+    #[test]
     fn duplicate_equal_content_lengths_are_one() {
         let (r, _) =
             complete(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok");
@@ -384,7 +454,7 @@ mod tests {
         let mut out = Vec::new();
         start_head(&mut out, 405);
         header(&mut out, "Allow", b"GET\r\nX: injected");
-        end_head(&mut out, 405, 2, false);
+        end_head(&mut out, 405, 2, Persistence::Close);
         assert_eq!(
             out,
             b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GETX: injected\r\nContent-Length: 2\r\n\
@@ -393,7 +463,7 @@ mod tests {
         );
         let mut out = Vec::new();
         start_head(&mut out, 204);
-        end_head(&mut out, 204, 0, true);
+        end_head(&mut out, 204, 0, Persistence::KeepAlive);
         assert_eq!(out, b"HTTP/1.1 204 No Content\r\n\r\n".to_vec());
         assert_eq!(error_body("x", "a \"q\""), r#"{"error":"x","message":"a \"q\""}"#);
     }

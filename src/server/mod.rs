@@ -385,8 +385,7 @@ impl Server {
                     }
                 }
                 Phase::Closing { .. } => {
-                    let deadline = now.mono_ms + LINGER_MS.min(SHUTDOWN_GRACE_MS / 2);
-                    self.wheel.schedule(key, deadline);
+                    self.wheel.schedule(key, now.mono_ms + SHUTDOWN_GRACE_MS);
                 }
             }
         }
@@ -474,8 +473,9 @@ impl Server {
         conn.phase = Phase::Closing { user, fin_sent };
         conn.inbuf = None;
         self.metrics.count_disconnect(reason);
-        let linger = if self.shutdown_deadline.is_some() { LINGER_MS / 2 } else { LINGER_MS };
-        self.wheel.schedule(key, now.mono_ms + linger);
+        // At shutdown a client still reading may use all the time that is left.
+        let deadline = self.shutdown_deadline.unwrap_or(now.mono_ms + LINGER_MS);
+        self.wheel.schedule(key, deadline);
     }
 
     /// Marks a connection to be removed at the end of this turn.
@@ -548,7 +548,7 @@ fn refuse(mut sock: TcpStream, message: &str) {
     let mut out = Vec::with_capacity(160 + body.len());
     http::start_head(&mut out, 503);
     http::header(&mut out, "Content-Type", b"application/json");
-    http::end_head(&mut out, 503, body.len(), false);
+    http::end_head(&mut out, 503, body.len(), http::Persistence::Close);
     out.extend_from_slice(body.as_bytes());
     let _ = sock.write(&out);
     let _ = sock.shutdown(std::net::Shutdown::Write);

@@ -17,11 +17,18 @@ use crate::metrics::Gauges;
 #[derive(Clone, Default)]
 pub(super) struct Reply {
     pub(super) keep_alive: bool,
+    pub(super) http10: bool,
     /// The request's `Origin`, when CORS allows it.
     pub(super) allowed_origin: Option<Vec<u8>>,
     /// The token came in the query string: nothing may cache the answer.
     pub(super) token_in_query: bool,
     pub(super) route: &'static str,
+}
+
+impl Reply {
+    fn persistence(&self) -> http::Persistence {
+        http::Persistence::of(self.keep_alive, self.http10)
+    }
 }
 
 impl Server {
@@ -189,6 +196,7 @@ impl Server {
         };
         let reply = Reply {
             keep_alive: request.keep_alive && !shutting_down,
+            http10: request.http10,
             allowed_origin,
             token_in_query: request.authorization.is_none()
                 && request.query.contains("access_token"),
@@ -234,6 +242,10 @@ impl Server {
     pub(super) fn write_cors(&self, out: &mut Vec<u8>, reply: &Reply) {
         if let Some(origin) = &reply.allowed_origin {
             http::header(out, "Access-Control-Allow-Origin", origin);
+        }
+        // With CORS on, every answer depends on Origin, allowed or not: a shared cache must
+        // not hand one origin's answer to another.
+        if self.config.cors.is_enabled() {
             http::header(out, "Vary", b"Origin");
         }
     }
@@ -262,7 +274,7 @@ impl Server {
             http::header(&mut out, "Cache-Control", b"no-store");
         }
         self.write_cors(&mut out, reply);
-        http::end_head(&mut out, response.status, response.body.len(), reply.keep_alive);
+        http::end_head(&mut out, response.status, response.body.len(), reply.persistence());
         out.extend_from_slice(response.body.as_bytes());
         self.send(key, &out, now);
         self.scratch_out = out;
@@ -284,7 +296,7 @@ impl Server {
             );
             http::header(&mut out, "Access-Control-Max-Age", b"600");
         }
-        http::end_head(&mut out, 204, 0, reply.keep_alive);
+        http::end_head(&mut out, 204, 0, reply.persistence());
         self.send(key, &out, now);
         self.scratch_out = out;
         self.after_answer(key, reply.keep_alive, now);

@@ -19,12 +19,7 @@ pub fn pss_bytes(pid: u32) -> Option<u64> {
 
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
-    let kib: u64 = line[name.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kib: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
 }
 
@@ -60,19 +55,12 @@ pub fn cpu(pid: u32) -> Option<Cpu> {
         for task in tasks.flatten() {
             let path = task.path().join("schedstat");
             if let Ok(text) = fs::read_to_string(path) {
-                run_ns += text
-                    .split_whitespace()
-                    .next()
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .unwrap_or(0);
+                run_ns +=
+                    text.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
             }
         }
     }
-    Some(Cpu {
-        user_us: utime * tick_us,
-        system_us: stime * tick_us,
-        run_ns,
-    })
+    Some(Cpu { user_us: utime * tick_us, system_us: stime * tick_us, run_ns })
 }
 
 /// This process's own CPU time (the load generator's cost), microseconds.
@@ -116,20 +104,14 @@ pub fn load_average() -> Option<String> {
 
 /// Raises the soft open-files limit to the hard one; returns the limit in force.
 pub fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 1024;
         }
         if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 limit = raised;
             }

@@ -73,19 +73,10 @@ pub fn spawn_server(
     loop {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             let took = started.elapsed();
-            return Ok((
-                Spawned {
-                    child,
-                    log: log.to_path_buf(),
-                },
-                took,
-            ));
+            return Ok((Spawned { child, log: log.to_path_buf() }, took));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the server exited at start ({status}); see {}",
-                log.display()
-            ));
+            return Err(format!("the server exited at start ({status}); see {}", log.display()));
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
@@ -191,10 +182,8 @@ pub fn create_users(
     let end = periode_sse::time::format_rfc3339_ms(now + 30 * 86_400_000);
     let ids: Vec<u64> = users.collect();
     let deadline = Instant::now() + limit;
-    let chunks: Vec<Vec<u64>> = ids
-        .chunks(ids.len().div_ceil(threads.max(1)).max(1))
-        .map(|c| c.to_vec())
-        .collect();
+    let chunks: Vec<Vec<u64>> =
+        ids.chunks(ids.len().div_ceil(threads.max(1)).max(1)).map(|c| c.to_vec()).collect();
     let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()

@@ -28,9 +28,10 @@ impl Sample {
     }
 
     pub fn summary(&mut self) -> Value {
+        let count = self.micros.len();
         let mut round = |q: f64| self.quantile_ms(q).map(|v| (v * 1000.0).round() / 1000.0);
         json!({
-            "count": self.micros.len(),
+            "count": count,
             "p50_ms": round(0.5),
             "p90_ms": round(0.9),
             "p99_ms": round(0.99),

@@ -70,9 +70,7 @@ pub fn connect_from(from: Option<Ipv4Addr>, to: SocketAddr) -> io::Result<mio::n
                 return Err(e);
             }
         }
-        Ok(mio::net::TcpStream::from_std(
-            std::net::TcpStream::from_raw_fd(fd),
-        ))
+        Ok(mio::net::TcpStream::from_std(std::net::TcpStream::from_raw_fd(fd)))
     }
 }
 
@@ -80,9 +78,7 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
         sin_zero: [0; 8],
     }
 }
@@ -90,10 +86,19 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
 /// HTTP/1.1 chunked transfer decoding, one byte of state at a time.
 #[derive(Clone, Copy)]
 pub enum Chunked {
-    Size { value: u64, digits: u8 },
-    Extension { value: u64 },
-    SizeLf { value: u64 },
-    Data { left: u64 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    Extension {
+        value: u64,
+    },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// The zero-length chunk arrived: the response ended properly.
@@ -106,10 +111,7 @@ pub enum ChunkError {
 
 impl Chunked {
     pub fn new() -> Chunked {
-        Chunked::Size {
-            value: 0,
-            digits: 0,
-        }
+        Chunked::Size { value: 0, digits: 0 }
     }
 
     /// Decodes `input`, handing each run of payload bytes to `data`.
@@ -121,10 +123,7 @@ impl Chunked {
                 Chunked::Size { value, digits } => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' if digits < 15 => {
                         let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                        Chunked::Size {
-                            value: value * 16 + d,
-                            digits: digits + 1,
-                        }
+                        Chunked::Size { value: value * 16 + d, digits: digits + 1 }
                     }
                     b';' | b' ' if digits > 0 => Chunked::Extension { value },
                     b'\r' if digits > 0 => Chunked::SizeLf { value },
@@ -144,11 +143,7 @@ impl Chunked {
                     data(&input[i..i + take]);
                     i += take;
                     let left = left - take as u64;
-                    *self = if left == 0 {
-                        Chunked::DataCr
-                    } else {
-                        Chunked::Data { left }
-                    };
+                    *self = if left == 0 { Chunked::DataCr } else { Chunked::Data { left } };
                     continue;
                 }
                 Chunked::DataCr => match b {
@@ -205,13 +200,7 @@ pub struct SseScan {
 
 impl SseScan {
     pub fn new() -> SseScan {
-        SseScan {
-            line: [0; LINE_KEEP],
-            kept: 0,
-            in_line: false,
-            in_block: false,
-            kind: None,
-        }
+        SseScan { line: [0; LINE_KEEP], kept: 0, in_line: false, in_block: false, kind: None }
     }
 
     /// Scans `input`, calling `block` with each completed block's kind.
@@ -273,9 +262,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, ()> {
     let mut close = response.version == Some(0);
     for h in response.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
+            content_length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = h.value.eq_ignore_ascii_case(b"chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
