@@ -97,13 +97,7 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options {
-            args: &[],
-            env: &[],
-            secret: Some(SECRET),
-            dir: None,
-            listen: None,
-        }
+        Options { args: &[], env: &[], secret: Some(SECRET), dir: None, listen: None }
     }
 }
 
@@ -112,10 +106,7 @@ impl Server {
     pub fn start(args: &[&str]) -> Server {
         let mut all = vec!["--demo"];
         all.extend_from_slice(args);
-        Server::start_with(Options {
-            args: &all,
-            ..Options::default()
-        })
+        Server::start_with(Options { args: &all, ..Options::default() })
     }
 
     pub fn start_with(opts: Options<'_>) -> Server {
@@ -123,11 +114,7 @@ impl Server {
         let db = dir.0.join("test.db");
         let listen = opts.listen.unwrap_or_else(|| "127.0.0.1:0".to_string());
         let mut cmd = Command::new(BIN);
-        cmd.arg("--db")
-            .arg(&db)
-            .arg("--listen")
-            .arg(&listen)
-            .args(opts.args);
+        cmd.arg("--db").arg(&db).arg("--listen").arg(&listen).args(opts.args);
         cmd.env_remove("JWT_SECRET")
             .env_remove("RUST_LOG")
             .env_remove("PERIODE_SSE_LISTEN")
@@ -138,9 +125,7 @@ impl Server {
         for (k, v) in opts.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start periode-sse");
         let stderr = child.stderr.take().expect("stderr");
         let log = Log::default();
@@ -168,19 +153,10 @@ impl Server {
             Ok(addr) => addr.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "the server did not start listening; log:\n{}",
-                    log.lines().join("\n")
-                );
+                panic!("the server did not start listening; log:\n{}", log.lines().join("\n"));
             }
         };
-        Server {
-            child,
-            addr,
-            db,
-            log,
-            dir,
-        }
+        Server { child, addr, db, log, dir }
     }
 
     pub fn pid(&self) -> u32 {
@@ -203,32 +179,21 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
             }
-            assert!(
-                Instant::now() < deadline,
-                "server still running after {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "server still running after {timeout:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     pub fn token(&self, user: i64) -> String {
-        sign(&format!(
-            r#"{{"sub":"{user}","exp":{}}}"#,
-            now_secs() + 3600
-        ))
+        sign(&format!(r#"{{"sub":"{user}","exp":{}}}"#, now_secs() + 3600))
     }
 
     pub fn admin_token(&self) -> String {
-        sign(&format!(
-            r#"{{"sub":"0","role":"admin","exp":{}}}"#,
-            now_secs() + 3600
-        ))
+        sign(&format!(r#"{{"sub":"0","role":"admin","exp":{}}}"#, now_secs() + 3600))
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> Response {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         request(
             self.addr,
             &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n"),
@@ -268,11 +233,7 @@ impl Server {
     }
 
     pub fn open_stream(&self, token: &str) -> Stream {
-        Stream::open(
-            self.addr,
-            &format!("Authorization: Bearer {token}\r\n"),
-            STREAM,
-        )
+        Stream::open(self.addr, &format!("Authorization: Bearer {token}\r\n"), STREAM)
     }
 
     pub fn health(&self, token: &str) -> serde_json::Value {
@@ -290,10 +251,7 @@ impl Drop for Server {
 }
 
 pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// First and last millisecond of the current UTC month, as RFC 3339 strings.
@@ -303,30 +261,28 @@ pub fn current_month() -> (String, String) {
     let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
     let last_day = days_from_civil(ny, nm, 1) - 1;
     let (ly, lm, ld) = civil_from_days(last_day);
-    (
-        format!("{y:04}-{m:02}-01T00:00:00.000Z"),
-        format!("{ly:04}-{lm:02}-{ld:02}T23:59:59.999Z"),
-    )
+    (format!("{y:04}-{m:02}-01T00:00:00.000Z"), format!("{ly:04}-{lm:02}-{ld:02}T23:59:59.999Z"))
 }
 
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+/// Howard Hinnant's civil calendar conversions, written independently of the server's.
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
 }
@@ -356,9 +312,7 @@ impl Response {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|line| {
             let (k, v) = line.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     }
 
@@ -378,8 +332,7 @@ pub fn request(addr: SocketAddr, raw: &str) -> Response {
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     sock.set_nodelay(true).unwrap();
     sock
 }
@@ -403,15 +356,11 @@ pub fn read_response(sock: &mut TcpStream) -> Response {
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
+    let status: u16 =
+        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
     let length = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
+        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
     });
     let mut body = buf[head_end..].to_vec();
     match length {
@@ -433,11 +382,7 @@ pub fn read_response(sock: &mut TcpStream) -> Response {
             let _ = sock.read_to_end(&mut body);
         }
     }
-    Response {
-        status,
-        head,
-        body: String::from_utf8_lossy(&body).to_string(),
-    }
+    Response { status, head, body: String::from_utf8_lossy(&body).to_string() }
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -497,22 +442,12 @@ impl Stream {
             }
             let mut chunk = [0u8; 4096];
             let n = sock.read(&mut chunk).expect("read stream head");
-            assert!(
-                n > 0,
-                "closed before the head: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
+            assert!(n > 0, "closed before the head: {:?}", String::from_utf8_lossy(&buf));
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
         let mut s = Stream {
             sock,
             head,
@@ -530,12 +465,7 @@ impl Stream {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        Response {
-            status: self.status,
-            head: self.head.clone(),
-            body: String::new(),
-        }
-        .header(name)
+        Response { status: self.status, head: self.head.clone(), body: String::new() }.header(name)
     }
 
     fn dechunk(&mut self) {
@@ -579,9 +509,7 @@ impl Stream {
         if left.is_zero() || self.eof {
             return false;
         }
-        self.sock
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
+        self.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
         let mut chunk = [0u8; 16384];
         match self.sock.read(&mut chunk) {
             Ok(0) => {
@@ -615,12 +543,7 @@ impl Stream {
             let end = find(&self.text, b"\n\n")?;
             let block = String::from_utf8_lossy(&self.text[..end]).to_string();
             self.text.drain(..end + 2);
-            let mut ev = Event {
-                id: None,
-                event: String::new(),
-                data: String::new(),
-                retry: None,
-            };
+            let mut ev = Event { id: None, event: String::new(), data: String::new(), retry: None };
             let mut has_data = false;
             for line in block.split('\n') {
                 if line.starts_with(':') {
@@ -710,18 +633,11 @@ impl Stream {
 /// Reads what the process's `/proc` says about it.
 pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 pub fn db_path(dir: &Path) -> PathBuf {
