@@ -70,19 +70,19 @@ pub fn format_rfc3339_ms(epoch_ms: i64) -> String {
 pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
     let mut input = Cursor { rest: s.as_bytes() };
     let year = input.digits(4)?;
-    input.expect(b"-")?;
+    input.one_of(b"-")?;
     let month = input.digits(2)?;
-    input.expect(b"-")?;
+    input.one_of(b"-")?;
     let day = input.digits(2)?;
-    input.expect(b"Tt")?;
+    input.one_of(b"Tt")?;
     let hour = input.digits(2)?;
-    input.expect(b":")?;
+    input.one_of(b":")?;
     let minute = input.digits(2)?;
-    input.expect(b":")?;
+    input.one_of(b":")?;
     let second = input.digits(2)?;
 
     let mut millis = 0;
-    if input.expect(b".").is_ok() {
+    if input.one_of(b".").is_ok() {
         let mut fraction_digits = 0;
         while let Ok(digit) = input.digits(1) {
             // Digits after the third only add precision we do not keep.
@@ -100,11 +100,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
     }
 
     // Minutes to subtract to reach UTC.
-    let offset_minutes = match input.expect(b"Zz+-")? {
+    let offset_minutes = match input.one_of(b"Zz+-")? {
         b'Z' | b'z' => 0,
         sign => {
             let hours = input.digits(2)?;
-            input.expect(b":")?;
+            input.one_of(b":")?;
             let minutes = input.digits(2)?;
             if hours > 23 || minutes > 59 {
                 return Err(TimeError);
@@ -173,7 +173,7 @@ impl Cursor<'_> {
     }
 
     /// One byte that is one of `allowed`; returns which.
-    fn expect(&mut self, allowed: &[u8]) -> Result<u8, TimeError> {
+    fn one_of(&mut self, allowed: &[u8]) -> Result<u8, TimeError> {
         match self.rest.split_first() {
             Some((&byte, rest)) if allowed.contains(&byte) => {
                 self.rest = rest;
