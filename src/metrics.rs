@@ -42,6 +42,9 @@ impl CloseReason {
     }
 }
 
+/// Upper bounds of the commit batch size histogram (the last bucket is +Inf).
+const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, u64::MAX];
+
 #[derive(Default)]
 pub struct Metrics {
     pub connections_accepted: u64,
@@ -56,6 +59,8 @@ pub struct Metrics {
     pub commit_failures: u64,
     pub largest_commit_batch: u64,
     pub accept_errors: u64,
+    /// Commit batch sizes: counts per bucket of `BATCH_BUCKETS` (cumulative at render time).
+    batch_buckets: [u64; BATCH_BUCKETS.len()],
     disconnects: BTreeMap<CloseReason, u64>,
     requests: BTreeMap<(&'static str, u16), u64>,
 }
@@ -81,6 +86,9 @@ impl Metrics {
         self.commit_batches += 1;
         self.commit_batch_writes += writes as u64;
         self.largest_commit_batch = self.largest_commit_batch.max(writes as u64);
+        if let Some(i) = BATCH_BUCKETS.iter().position(|&le| writes as u64 <= le) {
+            self.batch_buckets[i] += 1;
+        }
     }
 
     pub fn render(&self, g: &Gauges) -> String {
@@ -145,6 +153,17 @@ impl Metrics {
             self.accept_errors,
         );
 
+        out.push_str("# HELP periode_sse_commit_batch_size Writes made durable by one commit.\n");
+        out.push_str("# TYPE periode_sse_commit_batch_size histogram\n");
+        let mut cumulative = 0;
+        for (le, count) in BATCH_BUCKETS.iter().zip(self.batch_buckets) {
+            cumulative += count;
+            let le = if *le == u64::MAX { "+Inf".to_string() } else { le.to_string() };
+            let _ =
+                writeln!(out, "periode_sse_commit_batch_size_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "periode_sse_commit_batch_size_sum {}", self.commit_batch_writes);
+        let _ = writeln!(out, "periode_sse_commit_batch_size_count {}", self.commit_batches);
         out.push_str(
             "# HELP periode_sse_events_sent_total Events written to streams, by event name.\n",
         );
@@ -219,6 +238,12 @@ mod tests {
             "periode_sse_commit_batch_writes_total 8",
             "periode_sse_largest_commit_batch 5",
             "periode_sse_events_sent_total{event=\"heartbeat\"} 7",
+            "periode_sse_commit_batch_size_bucket{le=\"2\"} 0",
+            "periode_sse_commit_batch_size_bucket{le=\"4\"} 1",
+            "periode_sse_commit_batch_size_bucket{le=\"8\"} 2",
+            "periode_sse_commit_batch_size_bucket{le=\"+Inf\"} 2",
+            "periode_sse_commit_batch_size_sum 8",
+            "periode_sse_commit_batch_size_count 2",
             "periode_sse_streams_open 2",
             "periode_sse_connections_open 4",
         ] {
