@@ -72,6 +72,8 @@ pub struct Conn {
     pub unsent: Option<Box<Unsent>>,
     /// Set once the connection is queued for reaping; nothing more is done with it.
     pub doomed: Option<CloseReason>,
+    /// The client has sent EOF: once our answer is out, nothing keeps the connection.
+    pub peer_closed: bool,
 }
 
 pub enum ReadOutcome {
@@ -94,7 +96,15 @@ pub enum WriteOutcome {
 
 impl Conn {
     pub fn new(sock: TcpStream, gen: u32) -> Conn {
-        Conn { sock, gen, phase: Phase::Request, inbuf: None, unsent: None, doomed: None }
+        Conn {
+            sock,
+            gen,
+            phase: Phase::Request,
+            inbuf: None,
+            unsent: None,
+            doomed: None,
+            peer_closed: false,
+        }
     }
 
     pub fn stream_user(&self) -> Option<UserId> {

@@ -174,8 +174,12 @@ pub fn parse_request(buf: &[u8]) -> Parse<'_> {
 /// Splits a request target into path and query. RFC 9112 §3.2.2: a server accepts the
 /// absolute form (`http://host:port/p?q`) too; its authority is dropped.
 fn split_target(target: &str) -> (&str, &str) {
+    // Compared as bytes: a target may hold UTF-8, and a str slice inside a character panics.
     let has_prefix = |prefix: &str| {
-        target.len() >= prefix.len() && target[..prefix.len()].eq_ignore_ascii_case(prefix)
+        target
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
     };
     let origin_form = if has_prefix("http://") || has_prefix("https://") {
         let after_scheme = &target[target.find("//").map_or(0, |at| at + 2)..];
@@ -416,6 +420,8 @@ mod tests {
             ("https://h?x=1", ("/", "x=1")),
             ("http://h", ("/", "")),
             ("*", ("*", "")),
+            ("/abcde\u{e9}", ("/abcde\u{e9}", "")),
+            ("/\u{e9}\u{e9}\u{e9}\u{e9}?q", ("/\u{e9}\u{e9}\u{e9}\u{e9}", "q")),
         ];
         for (target, want) in cases {
             assert_eq!(split_target(target), want, "{target}");

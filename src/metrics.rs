@@ -24,6 +24,8 @@ pub enum CloseReason {
     Finished,
     /// Refused at accept: `--max-conns` reached.
     Refused,
+    /// A bug: serving the connection panicked, and the guard closed it.
+    Internal,
 }
 
 impl CloseReason {
@@ -38,6 +40,7 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::Finished => "finished",
             CloseReason::Refused => "refused",
+            CloseReason::Internal => "internal_error",
         }
     }
 }
@@ -187,6 +190,7 @@ impl Metrics {
             CloseReason::Timeout,
             CloseReason::Finished,
             CloseReason::Refused,
+            CloseReason::Internal,
         ] {
             let value = self.disconnects.get(&reason).copied().unwrap_or(0);
             let _ = writeln!(

@@ -282,6 +282,15 @@ impl Store {
         self.touched.borrow_mut().clear();
     }
 
+    /// After a panic inside a batch: roll back if a transaction is still open.
+    pub fn rollback_if_open(&self) {
+        if !self.db.is_autocommit() {
+            self.rollback();
+        }
+        self.in_batch.set(false);
+        self.touched.borrow_mut().clear();
+    }
+
     /// Creates the user or sets their `active` flag.
     pub fn put_user(&self, user: UserId, active: bool) -> Result<()> {
         let mut stmt = self.db.prepare_cached(

@@ -116,7 +116,10 @@ impl TimerWheel {
                 }
             }
         }
-        self.done_tick = self.done_tick.max(now_tick);
+        // The current tick is not over: deadlines later in it must be found on the next call,
+        // so only the ticks before it count as done. (Marking it done would leave them for a
+        // whole turn of the wheel.)
+        self.done_tick = self.done_tick.max(now_tick.saturating_sub(1));
     }
 
     /// How long the loop may sleep before something could be due; `None` when nothing is
@@ -223,12 +226,25 @@ mod tests {
     }
 
     #[test]
+    fn a_deadline_later_in_the_current_tick_is_not_skipped() {
+        let mut w = TimerWheel::new(0);
+        w.schedule(1, 1_007);
+        assert_eq!(expire(&mut w, 1_003), Vec::<usize>::new());
+        assert_eq!(expire(&mut w, 1_005), Vec::<usize>::new());
+        assert_eq!(expire(&mut w, 1_008), vec![1]);
+        // The same when the next call lands in a later tick.
+        w.schedule(2, 2_004);
+        assert_eq!(expire(&mut w, 2_001), Vec::<usize>::new());
+        assert_eq!(expire(&mut w, 2_019), vec![2]);
+    }
+
+    #[test]
     fn a_past_deadline_fires_on_the_next_expiry() {
         let mut w = TimerWheel::new(0);
         assert_eq!(expire(&mut w, 5_000), Vec::<usize>::new());
         w.schedule(4, 1_000);
-        assert_eq!(w.next_wait_ms(5_000), Some(10)); // the next tick
-        assert_eq!(expire(&mut w, 5_010), vec![4]);
+        assert_eq!(w.next_wait_ms(5_000), Some(0)); // due now: no sleep
+        assert_eq!(expire(&mut w, 5_000), vec![4]);
     }
 
     #[test]

@@ -178,42 +178,71 @@ impl Server {
             }
             let now = self.now();
             self.heartbeat_frame = None;
-            let again = std::mem::take(&mut self.again);
-            for (key, gen) in &again {
-                if self.is_live(*key, *gen) {
-                    self.on_writable(*key, now);
-                    self.on_readable(*key, now);
+            let mut again = std::mem::take(&mut self.again);
+            for &(key, gen) in &again {
+                if self.is_live(key, gen) {
+                    self.guarded(Some(key), |s| {
+                        s.on_writable(key, now);
+                        s.on_readable(key, now);
+                    });
                 }
             }
+            // Keep what the handlers above queued again for the next turn.
+            again.clear();
+            again.append(&mut self.again);
             self.again = again;
-            self.again.clear();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(now),
+                    LISTENER => self.guarded(None, |s| s.accept_all(now)),
                     SIGNALS => self.on_signal(now),
                     token => {
                         let (key, gen) = split_token(token);
                         if !self.is_live(key, gen) {
                             continue;
                         }
-                        if event.is_writable() || event.is_error() {
-                            self.on_writable(key, now);
-                        }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key, now);
-                        }
+                        self.guarded(Some(key), |s| {
+                            if event.is_writable() || event.is_error() {
+                                s.on_writable(key, now);
+                            }
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                s.on_readable(key, now);
+                            }
+                        });
                     }
                 }
             }
             if self.accept_more || self.accept_paused_until.is_some_and(|t| now.mono_ms >= t) {
                 self.accept_all(now);
             }
-            self.expire_timers(now);
-            self.commit_writes(now);
+            self.guarded(None, |s| s.expire_timers(now));
+            self.guarded(None, |s| s.commit_writes(now));
             self.reap();
         }
         self.finish_shutdown();
         Ok(())
+    }
+
+    /// A last line of defence, not a way of handling errors: a panic (a bug) while serving
+    /// one connection closes that connection instead of the process and everyone's streams.
+    fn guarded(&mut self, key: Option<usize>, work: impl FnOnce(&mut Server)) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
+        if outcome.is_err() {
+            log::error!("BUG: a panic while serving (see above); dropping the connection involved");
+            // A batch cut short must not stay open, or every later write would fail; its
+            // writers were never answered, and are closed rather than left waiting.
+            self.store.rollback_if_open();
+            let orphans: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(k, c)| {
+                    matches!(c.phase, Phase::Committing) && !self.writes.iter().any(|w| w.key == *k)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for orphan in orphans.into_iter().chain(key) {
+                self.close_later(orphan, CloseReason::Internal);
+            }
+        }
     }
 
     fn now(&self) -> Now {
@@ -470,9 +499,15 @@ impl Server {
         if fin_sent {
             conn.send_fin();
         }
+        let finished = fin_sent && conn.peer_closed;
         conn.phase = Phase::Closing { user, fin_sent };
         conn.inbuf = None;
         self.metrics.count_disconnect(reason);
+        if finished {
+            // Both directions are done: no reason to linger.
+            self.close_later(key, reason);
+            return;
+        }
         // At shutdown a client still reading may use all the time that is left.
         let deadline = self.shutdown_deadline.unwrap_or(now.mono_ms + LINGER_MS);
         self.wheel.schedule(key, deadline);

@@ -78,6 +78,10 @@ impl Server {
             if !*fin_sent {
                 *fin_sent = true;
                 conn.send_fin();
+                if conn.peer_closed {
+                    self.close_later(key, CloseReason::Finished);
+                    return;
+                }
                 let _ = now;
             }
         }

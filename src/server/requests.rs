@@ -95,6 +95,7 @@ impl Server {
         // is already buffered: the parser decides after that.
         let limit = http::MAX_HEAD_BYTES + http::MAX_BODY_BYTES + 1;
         let mut eof = false;
+        let mut gone = false;
         let mut budget = IO_BUDGET_PER_TURN + limit;
         let mut cut_short = false;
         while buf.len() < limit {
@@ -114,7 +115,7 @@ impl Server {
                     break;
                 }
                 ReadOutcome::Gone => {
-                    eof = true;
+                    gone = true;
                     break;
                 }
             }
@@ -128,14 +129,23 @@ impl Server {
             .conns
             .get(key)
             .is_some_and(|c| matches!(c.phase, Phase::Request | Phase::Committing));
-        if eof {
-            // The client is gone (or half-closed): answers already written still go out.
-            if wants_more
-                && self.conns.get(key).is_some_and(|c| c.doomed.is_none() && c.unsent.is_none())
-            {
-                self.close_later(key, CloseReason::ClientGone);
-            } else if wants_more {
-                self.begin_close(key, CloseReason::ClientGone, now);
+        if gone {
+            // Reset: nothing can reach the client any more.
+            self.close_later(key, CloseReason::ClientGone);
+        } else if eof {
+            // The client will send nothing more, but may still read (a half-close): what it
+            // asked for is answered, then the connection closes.
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.peer_closed = true;
+            }
+            match self.conns.get(key).map(|c| &c.phase) {
+                Some(Phase::Committing) => {
+                    for write in self.writes.iter_mut().filter(|w| w.key == key) {
+                        write.reply.keep_alive = false;
+                    }
+                }
+                Some(Phase::Request) => self.begin_close(key, CloseReason::ClientGone, now),
+                _ => {}
             }
         } else if wants_more && !rest.is_empty() {
             let started =

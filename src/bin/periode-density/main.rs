@@ -13,6 +13,7 @@
 mod procfs;
 mod setup;
 mod stats;
+mod summary;
 mod wire;
 
 use mio::net::TcpStream;
@@ -31,6 +32,7 @@ const USAGE: &str = "\
 periode-density: opens N SSE streams against a server and measures what they cost
 
 USAGE: periode-density [OPTIONS]
+       periode-density summarize REPORT.json...   (medians per label, as a Markdown table)
 
 Target:
   --target periode|axum|hono|nchan   protocol to speak (default periode)
@@ -733,13 +735,15 @@ impl Tool {
             }
         }
         self.flush_http(j);
+        let mut eof = false;
         for _ in 0..64 {
             let h = &mut self.https[j];
             let Some(sock) = h.sock.as_mut() else { return };
             match sock.read(&mut self.scratch) {
                 Ok(0) => {
-                    self.drop_http(j, "post_closed_by_server".into());
-                    return;
+                    // Answers that arrived before the close still count: parse them first.
+                    eof = true;
+                    break;
                 }
                 Ok(n) => h.inbuf.extend_from_slice(&self.scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -752,6 +756,13 @@ impl Tool {
             }
         }
         let now = Instant::now();
+        self.take_responses(j, now);
+        if eof && self.https[j].sock.is_some() {
+            self.drop_http(j, "post_closed_by_server".into());
+        }
+    }
+
+    fn take_responses(&mut self, j: usize, now: Instant) {
         loop {
             let h = &mut self.https[j];
             if !h.busy {
@@ -872,6 +883,16 @@ fn random_secret() -> String {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("summarize") {
+        return match summary::run(&argv[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("periode-density: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -299,6 +299,7 @@ pub fn parse_stream_head(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, ()> {
 
 #[cfg(test)]
 mod tests {
+    #[allow(unused_imports)] // unused where a bench includes this file without a test harness
     use super::*;
 
     #[test]
