@@ -52,6 +52,8 @@ pub struct Unsent {
     pub from: usize,
     /// When the backlog first went over the soft cap (monotonic ms), if it is over now.
     pub over_soft_since: Option<u64>,
+    /// Bytes of this backlog exempt from the slow-consumer limits (a stream's opening).
+    pub allowance: usize,
 }
 
 impl Unsent {

@@ -11,6 +11,19 @@ impl Server {
     /// Writes now what the kernel takes; keeps the rest; cuts a stream that falls too far
     /// behind.
     pub(super) fn send(&mut self, key: usize, bytes: &[u8], now: Now) {
+        self.send_with_allowance(key, bytes, 0, now);
+    }
+
+    /// `send`, where the first `allowance` bytes of a new backlog do not count toward the
+    /// slow-consumer limits: a stream's opening may replay up to the kept notifications at
+    /// once, and a client must not be cut (and reconnect, and be cut again) for asking.
+    pub(super) fn send_with_allowance(
+        &mut self,
+        key: usize,
+        bytes: &[u8],
+        allowance: usize,
+        now: Now,
+    ) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -31,6 +44,7 @@ impl Server {
                     bytes: bytes[n..].to_vec(),
                     from: 0,
                     over_soft_since: None,
+                    allowance,
                 }));
                 self.check_backlog(key, now);
             }
@@ -99,7 +113,8 @@ impl Server {
         let Some(unsent) = conn.unsent.as_mut() else {
             return;
         };
-        let total = unsent.len() + kernel;
+        // The allowance lasts until this backlog has drained (then `unsent` is dropped).
+        let total = (unsent.len() + kernel).saturating_sub(unsent.allowance);
         let user = match &conn.phase {
             Phase::Stream(s) => Some(s.user),
             Phase::Closing { user, .. } => *user,

@@ -74,7 +74,7 @@ impl Server {
         self.metrics.events_connected += 1;
         self.metrics.events_notification += events;
         log::info!("SSE client connected for user {} ({} open)", start.user, open);
-        self.send(key, &out, now);
+        self.send_with_allowance(key, &out, out.len(), now);
         self.scratch_out = out;
     }
 
