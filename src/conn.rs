@@ -198,3 +198,18 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle stream is this struct in a slab entry and nothing else (plus 16 bytes of timer
+    /// and 4 of registry): keep it small, or density goes with it.
+    #[test]
+    fn an_idle_stream_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        let entry = std::mem::size_of::<slab::Slab<Conn>>(); // the slab itself, not per entry
+        println!("Conn: {size} bytes; Phase: {}; slab: {entry}", std::mem::size_of::<Phase>());
+        assert!(size <= 72, "Conn grew to {size} bytes");
+    }
+}
