@@ -7,10 +7,11 @@
 //! returns, so an answer sent after it is a promise kept even through `kill -9`.
 //!
 //! What a connect reads (is the user active, their limit, spending and latest notification id)
-//! is kept in a per-user cache, so that opening a stream costs no query once the user is known.
-//! The cache is read-through and dropped for a user whenever a commit touched them; inside a
-//! batch every read goes to SQLite, which sees the batch's own uncommitted writes. This relies
-//! on periode-sse being the only writer of its database.
+//! is kept in a per-user view cache, so that opening a stream costs no query once the user is
+//! known. Inside a batch, views are copied into an overlay and kept up to date by each write
+//! (a transaction adds its amount when it falls in the period), so a write never re-sums a
+//! user's history; the overlay replaces the cached views at commit and is dropped at rollback.
+//! This relies on periode-sse being the only writer of its database.
 
 use crate::domain::UserId;
 use crate::spending::{AlertPercentage, Limit, Status};
@@ -111,10 +112,11 @@ struct UserView {
 
 pub struct Store {
     db: Connection,
-    /// `None` values remember users that do not exist.
+    /// Committed views. `None` values remember users that do not exist.
     cache: RefCell<HashMap<UserId, Option<UserView>>>,
     in_batch: Cell<bool>,
-    touched: RefCell<Vec<UserId>>,
+    /// The views as this batch has changed them; they become `cache` entries at commit.
+    overlay: RefCell<HashMap<UserId, Option<UserView>>>,
 }
 
 impl Store {
@@ -135,13 +137,22 @@ impl Store {
             db,
             cache: RefCell::new(HashMap::new()),
             in_batch: Cell::new(false),
-            touched: RefCell::new(Vec::new()),
+            overlay: RefCell::new(HashMap::new()),
         })
     }
 
     fn view(&self, user: UserId) -> Result<Option<UserView>> {
         if self.in_batch.get() {
-            return self.load_view(user);
+            if let Some(view) = self.overlay.borrow().get(&user) {
+                return Ok(*view);
+            }
+            // Before the batch first changes this user: the committed view is still right.
+            let view = match self.cache.borrow().get(&user) {
+                Some(view) => *view,
+                None => self.load_view(user)?,
+            };
+            self.overlay.borrow_mut().insert(user, view);
+            return Ok(view);
         }
         if let Some(view) = self.cache.borrow().get(&user) {
             return Ok(*view);
@@ -171,9 +182,12 @@ impl Store {
         Ok(Some(UserView { active, last_notification_id: last_id.max(0) as u64, limit, spending }))
     }
 
-    /// Records that this batch changed `user`, so their cached view goes at commit.
-    fn touch(&self, user: UserId) {
-        self.touched.borrow_mut().push(user);
+    /// Applies a change to `user`'s view in this batch. The view must have been read with
+    /// `view` before the change reached SQLite, so that it is not counted twice.
+    fn update_view(&self, user: UserId, change: impl FnOnce(&mut Option<UserView>)) {
+        if let Some(view) = self.overlay.borrow_mut().get_mut(&user) {
+            change(view);
+        }
     }
 
     /// `None` when the user does not exist.
@@ -267,9 +281,10 @@ impl Store {
         self.db.execute_batch("COMMIT")?;
         self.in_batch.set(false);
         let mut cache = self.cache.borrow_mut();
-        for user in self.touched.borrow_mut().drain(..) {
-            cache.remove(&user);
+        if cache.len() >= MAX_CACHED_USERS {
+            cache.clear();
         }
+        cache.extend(self.overlay.borrow_mut().drain());
         Ok(())
     }
 
@@ -279,7 +294,7 @@ impl Store {
             log::error!("rollback failed: {e}");
         }
         self.in_batch.set(false);
-        self.touched.borrow_mut().clear();
+        self.overlay.borrow_mut().clear();
     }
 
     /// After a panic inside a batch: roll back if a transaction is still open.
@@ -288,7 +303,7 @@ impl Store {
             self.rollback();
         }
         self.in_batch.set(false);
-        self.touched.borrow_mut().clear();
+        self.overlay.borrow_mut().clear();
     }
 
     /// Creates the user or sets their `active` flag.
@@ -296,8 +311,12 @@ impl Store {
         let mut stmt = self.db.prepare_cached(
             "INSERT INTO users (id, active) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET active = ?2",
         )?;
+        let before = self.view(user)?;
         stmt.execute(params![user.0, active])?;
-        self.touch(user);
+        let fresh = UserView { active, last_notification_id: 0, limit: None, spending: 0 };
+        self.update_view(user, |view| {
+            *view = Some(before.map_or(fresh, |v| UserView { active, ..v }))
+        });
         Ok(())
     }
 
@@ -316,7 +335,7 @@ impl Store {
         let Some(new_total) = total_spent.checked_add(amount) else {
             return Ok(Err(WriteRefusal::TotalOverflow));
         };
-        self.touch(user);
+        self.view(user)?;
         self.db
             .prepare_cached("UPDATE users SET total_spent = ?2 WHERE id = ?1")?
             .execute(params![user.0, new_total])?;
@@ -325,6 +344,14 @@ impl Store {
                 "INSERT INTO transactions (user_id, amount, description, occurred_at) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![user.0, amount, description, occurred_at_ms])?;
+        // No overflow: the period's sum is bounded by the total, which was just checked.
+        self.update_view(user, |view| {
+            if let Some(v) = view {
+                if v.limit.is_some_and(|l| l.covers(occurred_at_ms)) {
+                    v.spending = v.spending.saturating_add(amount);
+                }
+            }
+        });
         Ok(Ok(Transaction {
             id: self.db.last_insert_rowid(),
             user,
@@ -340,12 +367,9 @@ impl Store {
         user: UserId,
         limit: &Limit,
     ) -> Result<std::result::Result<(), WriteRefusal>> {
-        let exists =
-            self.db.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?.exists([user.0])?;
-        if !exists {
+        if self.view(user)?.is_none() {
             return Ok(Err(WriteRefusal::UnknownUser));
         }
-        self.touch(user);
         let mut stmt = self.db.prepare_cached(
             "INSERT OR REPLACE INTO limits (user_id, max_limit, alert_percentage, periode_start, periode_end)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -357,6 +381,14 @@ impl Store {
             limit.periode_start_ms,
             limit.periode_end_ms
         ])?;
+        // A new period: the one place a sum over the user's history is needed.
+        let spending = self.spending(user, limit)?;
+        self.update_view(user, |view| {
+            if let Some(v) = view {
+                v.limit = Some(*limit);
+                v.spending = spending;
+            }
+        });
         Ok(Ok(()))
     }
 
@@ -367,8 +399,14 @@ impl Store {
             "UPDATE users SET last_notification_id = last_notification_id + 1 WHERE id = ?1
              RETURNING last_notification_id",
         )?;
+        self.view(user)?;
         let id: i64 = bump.query_row([user.0], |row| row.get(0))?;
-        self.touch(user);
+        let id_kept = id.max(0) as u64;
+        self.update_view(user, |view| {
+            if let Some(v) = view {
+                v.last_notification_id = id_kept;
+            }
+        });
         self.db
             .prepare_cached("INSERT INTO notifications (user_id, id, data) VALUES (?1, ?2, ?3)")?
             .execute(params![user.0, id, data])?;
@@ -524,6 +562,48 @@ mod tests {
         assert_eq!(store.last_notification_id(UserId(13)).unwrap(), 1);
         assert_eq!(store.user_active(UserId(14)).unwrap(), Some(false));
         assert_eq!(store.user_active(UserId(15)).unwrap(), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn kept_views_agree_with_sql_after_every_kind_of_write() {
+        let (store, dir) = temp_store("views");
+        let now = 1_761_037_745_915;
+        store.seed_demo(now).unwrap();
+        let user = UserId(13);
+        let (start, end) = month_bounds_ms(now);
+        let check = |store: &Store| {
+            let view = store.view(user).unwrap().unwrap();
+            let limit = store.limit(user).unwrap().unwrap();
+            assert_eq!(view.limit, Some(limit));
+            assert_eq!(view.spending, store.spending(user, &limit).unwrap());
+        };
+        for round in 0..5i64 {
+            store.begin().unwrap();
+            for k in 0..7i64 {
+                // In the period, at both ends, and outside it.
+                let at = match k % 4 {
+                    0 => start,
+                    1 => end,
+                    2 => end + 1,
+                    _ => start + 1000 * k,
+                };
+                store.insert_transaction(user, 100 + k + round, None, at).unwrap().unwrap();
+            }
+            if round == 2 {
+                let mut limit = store.limit(user).unwrap().unwrap();
+                limit.periode_end_ms += 10_000; // now covers the "outside" ones too
+                store.put_limit(user, &limit).unwrap().unwrap();
+            }
+            store.insert_notification(user, "{}").unwrap();
+            if round == 3 {
+                store.rollback();
+            } else {
+                store.commit().unwrap();
+            }
+            check(&store);
+        }
+        assert_eq!(store.last_notification_id(user).unwrap(), 4);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
