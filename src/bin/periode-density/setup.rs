@@ -205,7 +205,11 @@ pub fn create_users(
                             return Err(format!("PUT user {id}: HTTP {status}"));
                         }
                         let body = format!(
-                            r#"{{"userId":{id},"maxLimit":1000000000000,"alertPercentage":85,"periodeStart":"{start}","periodeEnd":"{end}"}}"#
+                            concat!(
+                                r#"{{"userId":{},"maxLimit":1000000000000,"alertPercentage":85,"#,
+                                r#""periodeStart":"{}","periodeEnd":"{}"}}"#
+                            ),
+                            id, start, end
                         );
                         let status = caller.call("PUT", "/api/periode-limit", admin, &body)?;
                         if status != 200 {

@@ -17,6 +17,7 @@ const COLUMNS: &[(&str, &str, usize)] = &[
     ("fan-out p99 ms", "/fanout/to_last_stream/p99_ms", 2),
     ("first→last p99 ms", "/fanout/first_to_last_stream/p99_ms", 2),
     ("POST answer p50 ms", "/fanout/post_response/p50_ms", 2),
+    ("µs CPU/fan-out event", "/fanout/server_cpu_us_per_event", 2),
     ("µs CPU/heartbeat", "/heartbeat/cpu_us_per_heartbeat", 2),
     ("µs user/heartbeat", "/heartbeat/user_us_per_heartbeat", 2),
     ("heartbeats/s delivered", "/heartbeat/per_s", 0),
