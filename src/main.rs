@@ -52,7 +52,7 @@ fn serve(config: Config) -> Result<(), String> {
         .with_utc_timestamps()
         .init()
         .map_err(|e| format!("cannot start logging: {e}"))?;
-    let open_files = raise_open_files_limit();
+    let open_files = usize::try_from(server::raise_open_files_limit()).unwrap_or(usize::MAX);
     // Descriptors beyond connections: listener, epoll, signal pipe, SQLite (db, WAL, shm), spare.
     let max_conns = config.max_conns.unwrap_or_else(|| open_files.saturating_sub(32).max(1));
     let secret =
@@ -80,23 +80,4 @@ fn serve(config: Config) -> Result<(), String> {
         config.max_conns_per_user
     );
     server.run().map_err(|e| format!("the event loop failed: {e}"))
-}
-
-/// Lifts the soft open-files limit to the hard one (each stream is a descriptor) and returns
-/// the limit in force.
-fn raise_open_files_limit() -> usize {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(1 << 24)
 }

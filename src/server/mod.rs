@@ -589,6 +589,25 @@ fn refuse(mut sock: TcpStream, message: &str) {
     let _ = sock.shutdown(std::net::Shutdown::Write);
 }
 
+/// Lifts the soft open-files limit to the hard one (each stream is a descriptor) and returns
+/// the limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur.min(1 << 24)
+}
+
 /// A listener with a deep backlog: hundreds of clients connecting at once must not be dropped.
 fn bind_listener(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
