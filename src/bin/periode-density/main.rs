@@ -113,7 +113,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
     use lexopt::prelude::*;
     let mut a = Args {
         target: Target::Periode,
-        addr: "127.0.0.1:8989".parse().expect("literal address"),
+        addr: "127.0.0.1:8989".parse().expect("literal address"), // ok: a constant
         pid: None,
         server: None,
         db: None,
