@@ -24,8 +24,9 @@ step "unit and integration tests"
 cargo test --quiet 2>&1 | tee target/cargo-test.log
 grep -q "test result" target/cargo-test.log
 
-step "release build"
+step "release build (and the README's run command resolves to the server)"
 cargo build --release --quiet
+cargo run --release --quiet -- --version | grep -q '^periode-sse '
 export PERIODE_SSE_BIN="$PWD/target/release/periode-sse"
 
 step "smoke test (the seed's curl tests)"
