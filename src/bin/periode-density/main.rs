@@ -457,20 +457,10 @@ impl Tool {
             return;
         }
         if self.streams[i].phase == StreamPhase::Connecting {
-            let s = &mut self.streams[i];
-            let Some(sock) = s.sock.as_ref() else { return };
-            match sock.take_error() {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => {
-                    let kind = format!("connect_error:{}", errno_name(&e));
-                    self.kill_stream(i, kind);
-                    return;
-                }
-            }
-            match sock.peer_addr() {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return,
+            let Some(sock) = self.streams[i].sock.as_ref() else { return };
+            match connect_finished(sock) {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(e) => {
                     let kind = format!("connect_error:{}", errno_name(&e));
                     self.kill_stream(i, kind);
@@ -722,17 +712,9 @@ impl Tool {
         let h = &mut self.https[j];
         let Some(sock) = h.sock.as_mut() else { return };
         if !h.connected {
-            match sock.take_error() {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => {
-                    let kind = format!("post_connect_error:{}", errno_name(&e));
-                    self.drop_http(j, kind);
-                    return;
-                }
-            }
-            match sock.peer_addr() {
-                Ok(_) => h.connected = true,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            match connect_finished(sock) {
+                Ok(true) => h.connected = true,
+                Ok(false) => return,
                 Err(e) => {
                     let kind = format!("post_connect_error:{}", errno_name(&e));
                     self.drop_http(j, kind);
@@ -918,6 +900,24 @@ fn main() -> ExitCode {
             eprintln!("periode-density: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether a non-blocking connect has finished: `Ok(true)` connected, `Ok(false)` still in
+/// progress, `Err` failed.
+fn connect_finished(sock: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    match sock.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotConnected
+                || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
