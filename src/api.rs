@@ -158,7 +158,7 @@ pub struct Ctx<'a> {
     pub store: &'a Store,
     pub registry: &'a Registry,
     pub config: &'a Config,
-    pub secret: &'a [u8],
+    pub secret: &'a crate::jwt::Key,
     pub now_ms: i64,
     /// `/metrics` text, rendered by the server only when that route asks for it.
     pub render_metrics: &'a dyn Fn() -> String,
@@ -228,11 +228,13 @@ fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<jwt::Claims, Respons
         response.www_authenticate = Some("Bearer");
         return Err(response);
     };
-    let claims = jwt::verify(&token, ctx.secret, ctx.now_ms.div_euclid(1000)).map_err(|e| {
-        let mut response = Response::error(401, "invalid_token", &format!("invalid token: {e}"));
-        response.www_authenticate = Some("Bearer error=\"invalid_token\"");
-        response
-    })?;
+    let claims =
+        jwt::verify_with(&token, ctx.secret, ctx.now_ms.div_euclid(1000)).map_err(|e| {
+            let mut response =
+                Response::error(401, "invalid_token", &format!("invalid token: {e}"));
+            response.www_authenticate = Some("Bearer error=\"invalid_token\"");
+            response
+        })?;
     if claims.role == Role::User {
         match ctx.store.user_active(claims.user) {
             Ok(Some(true)) => {}

@@ -15,7 +15,7 @@
 use crate::domain::UserId;
 use crate::metrics::CloseReason;
 use mio::net::TcpStream;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 pub enum Phase {
     /// Waiting for a request, or reading one.
@@ -117,32 +117,39 @@ impl Conn {
     }
 
     /// Appends up to `max` bytes from the socket to `buf`.
+    ///
+    /// The bytes go straight into `buf`'s spare capacity: zero-filling 16 KiB before every
+    /// read (what `Read::read` on a resized `Vec` costs) was 2 % of a connect's CPU.
     pub fn read_into(&mut self, buf: &mut Vec<u8>, max: usize) -> ReadOutcome {
-        let start = buf.len();
-        buf.resize(start + max, 0);
+        use std::os::fd::AsRawFd;
+        buf.reserve(max);
+        let spare = buf.spare_capacity_mut();
+        let want = max.min(spare.len());
+        if want == 0 {
+            return ReadOutcome::WouldBlock; // a zero-byte recv would look like EOF
+        }
         let result = loop {
-            match self.sock.read(&mut buf[start..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
+            // SAFETY: recv writes at most `want` bytes into the spare capacity, which has at
+            // least that many; the length is raised below only by what it reports written.
+            let rc =
+                unsafe { libc::recv(self.sock.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) };
+            if rc >= 0 {
+                break Ok(rc as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                break Err(e);
             }
         };
         match result {
-            Ok(0) => {
-                buf.truncate(start);
-                ReadOutcome::Eof
-            }
+            Ok(0) => ReadOutcome::Eof,
             Ok(n) => {
-                buf.truncate(start + n);
+                // SAFETY: the kernel initialised these n bytes (n <= want <= spare capacity).
+                unsafe { buf.set_len(buf.len() + n) };
                 ReadOutcome::Data(n)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf.truncate(start);
-                ReadOutcome::WouldBlock
-            }
-            Err(_) => {
-                buf.truncate(start);
-                ReadOutcome::Gone
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+            Err(_) => ReadOutcome::Gone,
         }
     }
 
@@ -178,23 +185,6 @@ impl Conn {
             queued.max(0) as usize
         } else {
             0
-        }
-    }
-
-    /// Caps the kernel's send buffer for a stream: what a stalled reader can pin in the kernel
-    /// stays small, and it counts toward the slow-consumer limit.
-    pub fn limit_send_buffer(&self, bytes: usize) {
-        use std::os::fd::AsRawFd;
-        let value = bytes as libc::c_int;
-        // SAFETY: SO_SNDBUF reads one c_int from the pointer, which is valid for its size.
-        unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
         }
     }
 }

@@ -47,10 +47,7 @@ fn print_token(args: &TokenArgs) -> Result<(), String> {
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .with_utc_timestamps()
-        .init()
+    periode_sse::logging::init(config.log_level)
         .map_err(|e| format!("cannot start logging: {e}"))?;
     let open_files = usize::try_from(server::raise_open_files_limit()).unwrap_or(usize::MAX);
     // Descriptors beyond connections: listener, epoll, signal pipe, SQLite (db, WAL, shm), spare.

@@ -51,8 +51,11 @@ const ACCEPTS_PER_TURN: usize = 512;
 /// peer cannot starve the rest.
 const IO_BUDGET_PER_TURN: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
-/// The kernel send buffer of a stream (Linux doubles it for bookkeeping).
-const STREAM_SNDBUF: usize = 32 * 1024;
+/// The kernel send buffer of every connection (Linux doubles it for bookkeeping): what a
+/// stalled stream can pin in the kernel stays small, and it counts toward the slow-consumer
+/// limit. Set on the listener, which accepted sockets inherit it from, like `TCP_NODELAY`:
+/// two `setsockopt` calls fewer per connect.
+const CONN_SNDBUF: libc::c_int = 32 * 1024;
 /// Unsent bytes of a stream, ours plus the kernel's, past which it is cut at once…
 const HARD_UNSENT_BYTES: usize = 256 * 1024;
 /// …and past which it is cut if it stays there this long (Redis's soft output limit).
@@ -89,7 +92,7 @@ pub struct Server {
     store: Store,
     metrics: Metrics,
     config: Config,
-    secret: Vec<u8>,
+    secret: crate::jwt::Key,
     max_conns: usize,
     started: Instant,
     /// Reused read buffer: a request that arrives whole never allocates a buffer of its own.
@@ -136,7 +139,7 @@ impl Server {
             store,
             metrics: Metrics::default(),
             config,
-            secret,
+            secret: crate::jwt::Key::new(&secret),
             max_conns,
             started,
             scratch_in: Vec::with_capacity(READ_CHUNK * 2),
@@ -177,13 +180,15 @@ impl Server {
                 }
             }
             let now = self.now();
+            // This turn's log lines leave in one write when the turn ends.
+            let _log_batch = crate::logging::batch();
             self.heartbeat_frame = None;
             let mut again = std::mem::take(&mut self.again);
             for &(key, gen) in &again {
                 if self.is_live(key, gen) {
                     self.guarded(Some(key), |s| {
                         s.on_writable(key, now);
-                        s.on_readable(key, now);
+                        s.on_readable(key, now, true);
                     });
                 }
             }
@@ -205,7 +210,8 @@ impl Server {
                                 s.on_writable(key, now);
                             }
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                s.on_readable(key, now);
+                                let closed = event.is_read_closed() || event.is_error();
+                                s.on_readable(key, now, closed);
                             }
                         });
                     }
@@ -340,7 +346,6 @@ impl Server {
     }
 
     fn admit(&mut self, mut sock: TcpStream, now: Now) {
-        let _ = sock.set_nodelay(true);
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let entry = self.conns.vacant_entry();
@@ -408,7 +413,7 @@ impl Server {
                 Phase::Request => {
                     // A request that has fully arrived is still answered (without keep-alive);
                     // a half-received one is closed.
-                    self.read_requests(key, now);
+                    self.read_requests(key, now, requests::Drain::ToTheEnd);
                     if self.conns.get(key).is_some_and(|c| matches!(c.phase, Phase::Request)) {
                         self.close_later(key, CloseReason::Shutdown);
                     }
@@ -610,17 +615,41 @@ pub fn raise_open_files_limit() -> u64 {
 
 /// A listener with a deep backlog: hundreds of clients connecting at once must not be dropped.
 fn bind_listener(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::fd::AsRawFd;
     let std_listener = std::net::TcpListener::bind(addr)?;
-    let fd = std_listener.into_raw_fd();
+    let fd = std_listener.as_raw_fd();
     // SAFETY: fd is a bound TCP socket we own; listen() on it again only changes the backlog.
     unsafe {
         libc::listen(fd, 4096);
     }
-    // SAFETY: ownership of fd moves into the new listener exactly once.
-    let std_listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    // Inherited by every accepted socket (Linux copies them from the listener).
+    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, CONN_SNDBUF)?;
     std_listener.set_nonblocking(true)?;
     Ok(TcpListener::from_std(std_listener))
+}
+
+fn set_int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option reads one c_int from the pointer, which is valid for its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn seed_rng() -> u64 {
@@ -634,5 +663,46 @@ fn seed_rng() -> u64 {
     } else {
         // Only the spread of reconnect delays depends on this; the clock is good enough.
         (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)) | 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn int_option(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`, which is that big.
+        let rc = unsafe {
+            libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len)
+        };
+        assert_eq!(rc, 0, "getsockopt: {}", io::Error::last_os_error());
+        value
+    }
+
+    /// The accept path sets no socket options: it relies on Linux copying them from the
+    /// listener. If a kernel stopped doing that, streams would lose their small send buffer
+    /// (the slow-consumer limit counts on it) and notifications would wait for Nagle.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_the_small_send_buffer() {
+        let listener = bind_listener("127.0.0.1:0".parse().expect("ok: a constant")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (sock, _) = loop {
+            match listener.accept() {
+                Ok(pair) => break pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let fd = sock.as_raw_fd();
+        assert_eq!(int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
+        // Linux reports twice what was asked (its bookkeeping share).
+        assert_eq!(int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF), 2 * CONN_SNDBUF);
     }
 }

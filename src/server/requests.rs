@@ -31,8 +31,24 @@ impl Reply {
     }
 }
 
+/// How far a read goes before it stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// Until `EAGAIN` or EOF: needed whenever no fresh event will tell us about what is left
+    /// (a resumed read, a read the event said ends in EOF).
+    ToTheEnd,
+    /// Until a read returns less than it asked for: the socket is empty then, and anything
+    /// arriving later raises a new edge-triggered event.
+    UntilShortRead,
+}
+
 impl Server {
-    pub(super) fn on_readable(&mut self, key: usize, now: Now) {
+    /// `peer_closed_hint`: the event said the peer has closed (or errored). Without it, a read
+    /// that returns less than it asked for has emptied the socket, and the next byte or the
+    /// FIN will raise a new event: one `recv` per request instead of a second that only
+    /// says `EAGAIN`.
+    pub(super) fn on_readable(&mut self, key: usize, now: Now, peer_closed_hint: bool) {
+        let drain = if peer_closed_hint { Drain::ToTheEnd } else { Drain::UntilShortRead };
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -40,15 +56,15 @@ impl Server {
             return;
         }
         match conn.phase {
-            Phase::Request => self.read_requests(key, now),
+            Phase::Request => self.read_requests(key, now, drain),
             // Reading resumes after the commit answers (see `commit_writes`).
             Phase::Committing => {}
-            Phase::Stream(_) | Phase::Closing { .. } => self.read_and_discard(key, now),
+            Phase::Stream(_) | Phase::Closing { .. } => self.read_and_discard(key, now, drain),
         }
     }
 
     /// Streams and closing connections expect nothing more from the client but its EOF.
-    pub(super) fn read_and_discard(&mut self, key: usize, _now: Now) {
+    pub(super) fn read_and_discard(&mut self, key: usize, _now: Now, drain: Drain) {
         let mut buf = std::mem::take(&mut self.scratch_in);
         let mut budget = IO_BUDGET_PER_TURN;
         let outcome = loop {
@@ -58,6 +74,9 @@ impl Server {
             buf.clear();
             match conn.read_into(&mut buf, READ_CHUNK) {
                 ReadOutcome::Data(n) => {
+                    if n < READ_CHUNK && drain == Drain::UntilShortRead {
+                        break None;
+                    }
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
                         self.again.push((key, conn.gen));
@@ -79,7 +98,7 @@ impl Server {
         }
     }
 
-    pub(super) fn read_requests(&mut self, key: usize, now: Now) {
+    pub(super) fn read_requests(&mut self, key: usize, now: Now, drain: Drain) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -108,6 +127,9 @@ impl Server {
                 ReadOutcome::Data(n) => {
                     budget = budget.saturating_sub(n);
                     started_ms.get_or_insert(now.mono_ms);
+                    if n < want && drain == Drain::UntilShortRead {
+                        break;
+                    }
                 }
                 ReadOutcome::WouldBlock => break,
                 ReadOutcome::Eof => {

@@ -5,7 +5,6 @@
 //! the chunk framing.
 
 use super::requests::Reply;
-use super::STREAM_SNDBUF;
 use super::{Now, Server};
 use crate::api::{self, Resume, StreamStart};
 use crate::conn::{Conn, Phase, StreamState};
@@ -66,7 +65,6 @@ impl Server {
         let deadline = stream.next_heartbeat_ms.min(stream.expires_at_ms);
         conn.phase = Phase::Stream(stream);
         conn.inbuf = None; // anything after the stream request is ignored
-        conn.limit_send_buffer(STREAM_SNDBUF);
         let open = self.registry.add(start.user, key);
         self.wheel.schedule(key, deadline);
         self.metrics.streams_started += 1;
