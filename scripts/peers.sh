@@ -3,6 +3,10 @@
 # measured by periode-density in one session, rounds interleaved so that the machine's load
 # drifts over every target alike. Prints the medians as one table.
 #
+# The target "floor" is src/bin/periode-floor.rs: nchan's protocol with almost no user-space work,
+# so its figures show what this machine's loopback TCP allows at all (driven with --target nchan,
+# reported under the label "floor ...").
+#
 #   scripts/peers.sh                      3 rounds, every target
 #   TARGETS="periode axum nchan" RUNS=5 scripts/peers.sh
 #
@@ -19,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-targets=${TARGETS:-"periode axum nchan hono"}
+targets=${TARGETS:-"periode floor axum nchan hono"}
 runs=${RUNS:-3}
 n=${N:-19000}
 hb_n=${HB_N:-10000}
@@ -31,9 +35,11 @@ reports="$out/peers.jsonl"
 secret=${JWT_SECRET:-density-benchmark-secret-0123456789abcdef}
 export JWT_SECRET=$secret
 
-cargo build --release --quiet --bin periode-sse --bin periode-density
-tool=$root/target/release/periode-density
-bin=$root/target/release/periode-sse
+cargo build --release --quiet --bin periode-sse --bin periode-density --bin periode-floor
+release=${CARGO_TARGET_DIR:-$root/target}/release # where the cargo build above put them
+tool=$release/periode-density
+bin=$release/periode-sse
+floor=$release/periode-floor
 
 # ---- building the peers (outside the repository) ---------------------------------------------
 build_axum() {
@@ -55,7 +61,7 @@ build_nchan() {
 available=""
 for t in $targets; do
   case $t in
-    periode) available="$available periode" ;;
+    periode | floor) available="$available $t" ;;
     axum) if build_axum; then available="$available axum"; else echo "skipping axum: cannot build it" >&2; fi ;;
     hono) if build_hono; then available="$available hono"; else echo "skipping hono: node/npm missing or build failed" >&2; fi ;;
     nchan) if build_nchan; then available="$available nchan"; else echo "skipping nchan: apt-get install -y nginx libnginx-mod-nchan" >&2; fi ;;
@@ -76,6 +82,10 @@ wait_listening() {
 start_peer() { # target heartbeat_secs
   local t=$1 hb=$2
   case $t in
+    floor)
+      port=18084
+      PORT=$port HEARTBEAT_SECS=$hb "$floor" 2>>"$out/floor.log" &
+      pid=$! measure_pid=$pid ;;
     axum)
       port=18081
       PORT=$port HEARTBEAT_SECS=$hb RUNTIME=current_thread BACKLOG=4096 \
@@ -109,10 +119,12 @@ trap stop_peer EXIT
 run_tool() { # target label args...
   local t=$1 label=$2; shift 2
   echo "  $label (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+  local protocol=$t
+  if [ "$t" = floor ]; then protocol=nchan; fi # nchan's protocol; the label says floor
   if [ "$t" = periode ]; then
     timeout 600 "$tool" --server "$bin" --label "$label" --quiet "$@" >>"$reports" || true
   else
-    timeout 600 "$tool" --target "$t" --addr "127.0.0.1:$port" --pid "$measure_pid" \
+    timeout 600 "$tool" --target "$protocol" --addr "127.0.0.1:$port" --pid "$measure_pid" \
       --label "$label" --quiet "$@" >>"$reports" || true
   fi
 }
