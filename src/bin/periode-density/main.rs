@@ -58,6 +58,8 @@ Load:
   --heartbeat-window S               measure CPU per heartbeat over S seconds (default 0: skip)
   --writers N                        concurrent transaction writers (default 0: skip)
   --writers-secs S                   how long they write (default 10)
+  --writers-rate R                   paced: R writes/s in all, on a fixed schedule (default 0:
+                                     closed loop, each writer sends again once answered)
   --quiet                            no table on stderr
 ";
 
@@ -106,6 +108,8 @@ struct Args {
     heartbeat_window: u64,
     writers: usize,
     writers_secs: u64,
+    /// Writes per second across all writers (0: each writer sends as soon as it is answered).
+    writers_rate: f64,
     quiet: bool,
 }
 
@@ -133,6 +137,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         heartbeat_window: 0,
         writers: 0,
         writers_secs: 10,
+        writers_rate: 0.0,
         quiet: false,
     };
     let mut parser = lexopt::Parser::from_env();
@@ -168,6 +173,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("heartbeat-window") => a.heartbeat_window = parser.value()?.parse()?,
             Long("writers") => a.writers = parser.value()?.parse()?,
             Long("writers-secs") => a.writers_secs = parser.value()?.parse()?,
+            Long("writers-rate") => a.writers_rate = parser.value()?.parse()?,
             Long("quiet") => a.quiet = true,
             Short('h') | Long("help") => {
                 print!("{USAGE}");
@@ -283,6 +289,9 @@ struct Tool {
     notifications_total: u64,
     // writers
     writers_on: bool,
+    /// Paced writers: one write every `write_every`, the next due at `next_write_at`.
+    write_every: Option<Duration>,
+    next_write_at: Instant,
     writes_ok: u64,
     writes_failed: u64,
     write_latency: Sample,
@@ -357,7 +366,9 @@ impl Tool {
                 return;
             }
             let mut wait = deadline - now;
-            if self.probes_left > 0 || self.round.is_some() || self.opening {
+            if self.writers_on && self.write_every.is_some() {
+                wait = wait.min(self.next_write_at.saturating_duration_since(now));
+            } else if self.probes_left > 0 || self.round.is_some() || self.opening {
                 wait = wait.min(Duration::from_millis(2));
             } else {
                 wait = wait.min(Duration::from_millis(100));
@@ -400,6 +411,21 @@ impl Tool {
             self.start_round(now);
         }
         if self.writers_on {
+            if let Some(every) = self.write_every {
+                // Open loop: writes leave on schedule; if every writer is still waiting for an
+                // answer, the schedule slips and the achieved rate shows it.
+                while now >= self.next_write_at {
+                    let Some(j) = (1..self.https.len()).find(|&j| !self.https[j].busy) else {
+                        break;
+                    };
+                    if let HttpRole::Writer { user } = self.https[j].role {
+                        let req = self.post_request(user);
+                        self.http_send(j, req, now);
+                    }
+                    self.next_write_at += every;
+                }
+                return;
+            }
             for j in 1..self.https.len() {
                 if !self.https[j].busy {
                     if let HttpRole::Writer { user } = self.https[j].role {
@@ -1098,6 +1124,9 @@ fn run(mut args: Args) -> Result<bool, String> {
         heartbeats_counted: 0,
         notifications_total: 0,
         writers_on: false,
+        write_every: (args.writers_rate > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / args.writers_rate)),
+        next_write_at: Instant::now(),
         writes_ok: 0,
         writes_failed: 0,
         write_latency: Sample::default(),
@@ -1243,6 +1272,7 @@ fn run(mut args: Args) -> Result<bool, String> {
         let t0 = Instant::now();
         let cpu_a = pid.and_then(procfs::cpu);
         tool.writers_on = true;
+        tool.next_write_at = t0;
         tool.probes_left = if fan_streams > 0 { usize::MAX } else { 0 };
         tool.next_probe_at = t0;
         tool.pump(t0 + Duration::from_secs(args.writers_secs), |_| false);
@@ -1261,6 +1291,7 @@ fn run(mut args: Args) -> Result<bool, String> {
         writer_probe_p99 = probe.quantile_ms(0.99);
         writers = json!({
             "writers": args.writers,
+            "writers_rate": (args.writers_rate > 0.0).then_some(args.writers_rate),
             "window_s": window,
             "writes_ok": ok,
             "writes_failed": tool.writes_failed,
