@@ -4,12 +4,14 @@
 # the admin API, restarts the server on that database, and measures), and prints one table.
 #
 #   scripts/density.sh                   N = 1000, 10000, 19000; heartbeats at N = 10000;
-#                                        32 concurrent writers at N = 19000
+#                                        32 concurrent writers at N = 19000: paced at
+#                                        5000 writes/s, then as fast as they are answered
 #   SIZES="200" HEARTBEAT=0 WRITERS=0 scripts/density.sh      the CI-sized check
 #   RUNS=3 scripts/density.sh            medians of three runs
 #
 # Env: SIZES, RUNS (default 1), HEARTBEAT (streams for the --heartbeat 1 run; 0 skips; default
-# 10000), WRITERS (concurrent writers in the largest run; 0 skips; default 32), OUT (folder for
+# 10000), WRITERS (concurrent writers in the largest run; 0 skips; default 32), WRITERS_RATE
+# (writes/s of the paced phase; 0 skips it; default 5000), OUT (folder for
 # the JSON reports; default a temp folder, kept). Every run is bounded by `timeout`; the whole
 # script takes about a minute per round.
 set -euo pipefail
@@ -19,6 +21,7 @@ sizes=${SIZES:-"1000 10000 19000"}
 runs=${RUNS:-1}
 hb_streams=${HEARTBEAT:-10000}
 writers=${WRITERS:-32}
+writers_rate=${WRITERS_RATE:-5000}
 out=${OUT:-$(mktemp -d /tmp/periode-density.XXXXXX)}
 mkdir -p "$out"
 reports="$out/periode.jsonl"
@@ -35,7 +38,7 @@ for run in $(seq 1 "$runs"); do
   for n in $sizes; do
     extra=()
     if [ "$n" = "$largest" ] && [ "$writers" -gt 0 ]; then
-      extra=(--writers "$writers" --writers-secs 10)
+      extra=(--writers "$writers" --writers-secs 10 --writers-rate "$writers_rate")
     fi
     echo "run $run: N=$n (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     timeout 600 "$tool" --server "$bin" --streams "$n" --label "periode N=$n" --quiet \

@@ -11,13 +11,15 @@
 #   TARGETS="periode axum nchan" RUNS=5 scripts/peers.sh
 #
 # Each round and target: N = 19000 idle streams at 30 s heartbeats (connect rate, memory,
-# fan-out of 50 events to one user's 100 streams, then 32 writers for 10 s with fan-out
-# probes), and N = 10000 streams at 1 s heartbeats (CPU per heartbeat over 10 s).
+# fan-out of 50 events to one user's 100 streams, then 32 writers with fan-out probes: 10 s
+# paced at 5000 writes/s, then 10 s as fast as they are answered), and N = 10000 streams at
+# 1 s heartbeats (CPU per heartbeat over 10 s).
 #
 # Needs: the peers built (done here, in /tmp, never in the repository): cargo for axum, node and
 # npm for hono, the Debian packages nginx and libnginx-mod-nchan for nchan. A target whose
 # prerequisites are missing is skipped with a message. Env: TARGETS, RUNS (default 3), N
-# (default 19000), HB_N (default 10000), WRITERS (default 32), PEERS (default ../shared/peers),
+# (default 19000), HB_N (default 10000), WRITERS (default 32), WRITERS_RATE (default 5000),
+# PEERS (default ../shared/peers),
 # OUT (report folder). Every run is bounded by `timeout`; servers are stopped by their PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,7 @@ runs=${RUNS:-3}
 n=${N:-19000}
 hb_n=${HB_N:-10000}
 writers=${WRITERS:-32}
+writers_rate=${WRITERS_RATE:-5000}
 peers=$(cd "${PEERS:-../shared/peers}" && pwd)
 out=${OUT:-$(mktemp -d /tmp/periode-peers.XXXXXX)}
 mkdir -p "$out"
@@ -135,7 +138,8 @@ for run in $(seq 1 "$runs"); do
   echo "round $run" >&2
   for t in $available; do
     [ "$t" = periode ] || start_peer "$t" 30
-    run_tool "$t" "$t N=$n" --streams "$n" --writers "$writers" --writers-secs 10 --heartbeat 30
+    run_tool "$t" "$t N=$n" --streams "$n" --writers "$writers" --writers-secs 10 \
+      --writers-rate "$writers_rate" --heartbeat 30
     stop_peer
     [ "$t" = periode ] || start_peer "$t" 1
     run_tool "$t" "$t heartbeat N=$hb_n" --streams "$hb_n" --heartbeat 1 --heartbeat-window 10 \

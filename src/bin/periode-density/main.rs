@@ -1124,8 +1124,7 @@ fn run(mut args: Args) -> Result<bool, String> {
         heartbeats_counted: 0,
         notifications_total: 0,
         writers_on: false,
-        write_every: (args.writers_rate > 0.0)
-            .then(|| Duration::from_secs_f64(1.0 / args.writers_rate)),
+        write_every: None,
         next_write_at: Instant::now(),
         writes_ok: 0,
         writes_failed: 0,
@@ -1263,46 +1262,24 @@ fn run(mut args: Args) -> Result<bool, String> {
     }
 
     // ---- writers -----------------------------------------------------------------------------
+    // With --writers-rate, first a paced phase (the condition: a given rate, and the
+    // fan-out latency meanwhile), then the closed-loop one (how far the server goes).
+    let mut writers_paced = json!(null);
+    let mut paced_probe_p99 = None;
+    if args.writers > 0 && args.writers_rate > 0.0 {
+        let every = Duration::from_secs_f64(1.0 / args.writers_rate);
+        let (report, _, probe_p99) = run_writers(&mut tool, &args, pid, fan_streams, Some(every));
+        writers_paced = report;
+        paced_probe_p99 = probe_p99;
+    }
     let mut writers = json!(null);
     let mut writes_per_s = None;
     let mut writer_probe_p99 = None;
     if args.writers > 0 {
-        let mut probe = Sample::default();
-        std::mem::swap(&mut probe, &mut tool.fan_last);
-        let t0 = Instant::now();
-        let cpu_a = pid.and_then(procfs::cpu);
-        tool.writers_on = true;
-        tool.next_write_at = t0;
-        tool.probes_left = if fan_streams > 0 { usize::MAX } else { 0 };
-        tool.next_probe_at = t0;
-        tool.pump(t0 + Duration::from_secs(args.writers_secs), |_| false);
-        tool.writers_on = false;
-        tool.probes_left = 0;
-        let window = t0.elapsed().as_secs_f64();
-        let ok = tool.writes_ok;
-        // Let the last answers and probe events arrive (bounded).
-        tool.pump(Instant::now() + Duration::from_secs(3), |t| {
-            t.round.is_none() && t.https.iter().all(|h| !h.busy)
-        });
-        tool.round = None;
-        let cpu_b = pid.and_then(procfs::cpu);
-        std::mem::swap(&mut probe, &mut tool.fan_last);
-        writes_per_s = Some(ok as f64 / window);
-        writer_probe_p99 = probe.quantile_ms(0.99);
-        writers = json!({
-            "writers": args.writers,
-            "writers_rate": (args.writers_rate > 0.0).then_some(args.writers_rate),
-            "window_s": window,
-            "writes_ok": ok,
-            "writes_failed": tool.writes_failed,
-            "writes_per_s": ok as f64 / window,
-            "write_latency": tool.write_latency.summary(),
-            "probe_fanout_to_last_stream": probe.summary(),
-            "server_cpu_s": match (cpu_a, cpu_b) {
-                (Some(a), Some(b)) => json!((b.total_us() - a.total_us()) as f64 / 1e6),
-                _ => json!(null),
-            },
-        });
+        let (report, rate, probe_p99) = run_writers(&mut tool, &args, pid, fan_streams, None);
+        writers = report;
+        writes_per_s = rate;
+        writer_probe_p99 = probe_p99;
     }
 
     // ---- end ---------------------------------------------------------------------------------
@@ -1372,6 +1349,7 @@ fn run(mut args: Args) -> Result<bool, String> {
         "fanout": fanout,
         "heartbeat": heartbeat,
         "writers": writers,
+        "writers_paced": writers_paced,
         "notifications_received": tool.notifications_total,
         "heartbeats_received": tool.heartbeats_total,
         "live_streams_at_end": live_at_end,
@@ -1457,6 +1435,14 @@ fn run(mut args: Args) -> Result<bool, String> {
                     fmt(report["heartbeat"]["schedstat_us_per_heartbeat"].as_f64(), 2)
                 ),
             ),
+            (
+                "writes/s paced; probe p99 (ms)",
+                format!(
+                    "{}; {}",
+                    fmt(report["writers_paced"]["writes_per_s"].as_f64(), 0),
+                    fmt(paced_probe_p99, 3)
+                ),
+            ),
             ("writes/s (writers)", fmt(writes_per_s, 0)),
             ("  probe fan-out p99 (ms)", fmt(writer_probe_p99, 3)),
             ("startup, existing db (ms)", fmt(report["startup"]["existing_db_ms"].as_f64(), 1)),
@@ -1477,4 +1463,55 @@ fn run(mut args: Args) -> Result<bool, String> {
         }
     }
     Ok(failures == 0)
+}
+
+/// One writers phase: `args.writers` keep-alive clients POST for `args.writers_secs`, paced
+/// (`every`) or closed-loop, while the fan-out probe keeps running. Returns the report, the
+/// achieved writes per second and the probe's p99.
+fn run_writers(
+    tool: &mut Tool,
+    args: &Args,
+    pid: Option<u32>,
+    fan_streams: usize,
+    every: Option<Duration>,
+) -> (serde_json::Value, Option<f64>, Option<f64>) {
+    tool.writes_ok = 0;
+    tool.writes_failed = 0;
+    tool.write_latency = Sample::default();
+    tool.write_every = every;
+    let mut probe = Sample::default();
+    std::mem::swap(&mut probe, &mut tool.fan_last);
+    let t0 = Instant::now();
+    let cpu_a = pid.and_then(procfs::cpu);
+    tool.writers_on = true;
+    tool.next_write_at = t0;
+    tool.probes_left = if fan_streams > 0 { usize::MAX } else { 0 };
+    tool.next_probe_at = t0;
+    tool.pump(t0 + Duration::from_secs(args.writers_secs), |_| false);
+    tool.writers_on = false;
+    tool.probes_left = 0;
+    let window = t0.elapsed().as_secs_f64();
+    let ok = tool.writes_ok;
+    // Let the last answers and probe events arrive (bounded).
+    tool.pump(Instant::now() + Duration::from_secs(3), |t| {
+        t.round.is_none() && t.https.iter().all(|h| !h.busy)
+    });
+    tool.round = None;
+    let cpu_b = pid.and_then(procfs::cpu);
+    std::mem::swap(&mut probe, &mut tool.fan_last);
+    let report = json!({
+        "writers": args.writers,
+        "writers_rate": every.map(|e| 1.0 / e.as_secs_f64()),
+        "window_s": window,
+        "writes_ok": ok,
+        "writes_failed": tool.writes_failed,
+        "writes_per_s": ok as f64 / window,
+        "write_latency": tool.write_latency.summary(),
+        "probe_fanout_to_last_stream": probe.summary(),
+        "server_cpu_s": match (cpu_a, cpu_b) {
+            (Some(a), Some(b)) => json!((b.total_us() - a.total_us()) as f64 / 1e6),
+            _ => json!(null),
+        },
+    });
+    (report, Some(ok as f64 / window), probe.quantile_ms(0.99))
 }

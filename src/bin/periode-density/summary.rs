@@ -22,6 +22,8 @@ const COLUMNS: &[(&str, &str, usize)] = &[
     ("µs user/heartbeat", "/heartbeat/user_us_per_heartbeat", 2),
     ("heartbeats/s delivered", "/heartbeat/per_s", 0),
     ("heartbeats/s due", "/heartbeat/expected_per_s", 0),
+    ("writes/s paced", "/writers_paced/writes_per_s", 0),
+    ("probe fan-out p99 ms (paced writes)", "/writers_paced/probe_fanout_to_last_stream/p99_ms", 1),
     ("writes/s", "/writers/writes_per_s", 0),
     ("probe fan-out p99 ms (writing)", "/writers/probe_fanout_to_last_stream/p99_ms", 1),
     ("startup ms (existing db)", "/startup/existing_db_ms", 1),
