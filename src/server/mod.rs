@@ -8,7 +8,8 @@
 //!  3. signals: start the graceful stop;
 //!  4. accept until `WouldBlock` (bounded; refused with 503 past `--max-conns`);
 //!  5. readable and writable sockets, plus those whose bounded drain was cut short last turn:
-//!     requests are parsed and answered, reads and writes go on until `WouldBlock`;
+//!     requests are parsed and answered, writes go on until `WouldBlock`, reads until a
+//!     short read (see `requests::Drain`);
 //!  6. timers: request and idle timeouts, heartbeats, token expiries, linger ends;
 //!  7. the group commit: every write that arrived this turn becomes durable in one SQLite
 //!     transaction, then is answered and fanned out to every stream of its user;
