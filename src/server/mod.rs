@@ -189,7 +189,8 @@ impl Server {
                 if self.is_live(key, gen) {
                     self.guarded(Some(key), |s| {
                         s.on_writable(key, now);
-                        s.on_readable(key, now, true);
+                        // Cut short by the budget: no new event will report what is left.
+                        s.on_readable(key, now, requests::Drain::ToTheEnd);
                     });
                 }
             }
@@ -211,8 +212,12 @@ impl Server {
                                 s.on_writable(key, now);
                             }
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                let closed = event.is_read_closed() || event.is_error();
-                                s.on_readable(key, now, closed);
+                                let drain = if event.is_read_closed() || event.is_error() {
+                                    requests::Drain::ToTheEnd
+                                } else {
+                                    requests::Drain::UntilShortRead
+                                };
+                                s.on_readable(key, now, drain);
                             }
                         });
                     }

@@ -38,17 +38,15 @@ pub(super) enum Drain {
     /// (a resumed read, a read the event said ends in EOF).
     ToTheEnd,
     /// Until a read returns less than it asked for: the socket is empty then, and anything
-    /// arriving later raises a new edge-triggered event.
+    /// arriving later raises a new edge-triggered event. One `recv` per request instead of a
+    /// second that only says `EAGAIN`.
     UntilShortRead,
 }
 
 impl Server {
-    /// `peer_closed_hint`: the event said the peer has closed (or errored). Without it, a read
-    /// that returns less than it asked for has emptied the socket, and the next byte or the
-    /// FIN will raise a new event: one `recv` per request instead of a second that only
-    /// says `EAGAIN`.
-    pub(super) fn on_readable(&mut self, key: usize, now: Now, peer_closed_hint: bool) {
-        let drain = if peer_closed_hint { Drain::ToTheEnd } else { Drain::UntilShortRead };
+    /// `drain`: `UntilShortRead` for a fresh readiness event that did not report the peer's
+    /// close, `ToTheEnd` otherwise (see `Drain`).
+    pub(super) fn on_readable(&mut self, key: usize, now: Now, drain: Drain) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
