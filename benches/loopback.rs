@@ -16,21 +16,12 @@
 //!
 //! Run: `cargo bench --bench loopback`. `cargo bench --no-run` only builds it.
 
-#[allow(dead_code)]
-#[path = "../src/bin/periode-density/procfs.rs"]
-mod procfs;
-#[allow(dead_code)]
-#[path = "../src/bin/periode-density/setup.rs"]
-mod setup;
-#[allow(dead_code)]
-#[path = "../src/bin/periode-density/wire.rs"]
-mod wire;
-
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use periode_kit::{procfs, setup, sock, wire};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -128,7 +119,7 @@ impl Clients {
         };
         for i in 0..n {
             let from = Some(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8));
-            let mut sock = wire::connect_from(from, addr).expect("connect");
+            let mut sock = sock::connect_from(from, addr).expect("connect");
             c.poll
                 .registry()
                 .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
@@ -393,7 +384,7 @@ impl KernelFloor {
         let mut writers = Vec::with_capacity(n);
         for i in 0..n {
             let from = Some(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8));
-            let sock = wire::connect_from(from, addr).expect("connect");
+            let sock = sock::connect_from(from, addr).expect("connect");
             let (accepted, _) = listener.accept().expect("accept");
             accepted.set_nonblocking(true).ok();
             writers.push(accepted);

@@ -3,7 +3,7 @@
 # measured by periode-density in one session, rounds interleaved so that the machine's load
 # drifts over every target alike. Prints the medians as one table.
 #
-# The target "floor" is src/bin/periode-floor.rs: nchan's protocol with almost no user-space work,
+# The target "floor" is tools/src/bin/periode-floor.rs: nchan's protocol with almost no user-space work,
 # so its figures show what this machine's loopback TCP allows at all (driven with --target nchan,
 # reported under the label "floor ...").
 #

@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod logging;
 pub mod metrics;
 pub mod registry;
+pub mod rng;
 pub mod secret;
 pub mod server;
 pub mod spending;

@@ -11,6 +11,8 @@ mod common;
 
 use common::*;
 use hmac::{KeyInit, Mac};
+use periode_kit::rng::Rng;
+use periode_kit::sock;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,22 +195,6 @@ impl Responses {
     }
 }
 
-/// A small deterministic generator (xorshift64*), so a failing case reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 // ---- slow and oversized requests -------------------------------------------------------------
 
 /// SPEC §5: a request may arrive in any number of pieces; only its total time is bounded.
@@ -318,7 +304,7 @@ fn oversized_heads_get_431() {
 
     // A 9 KiB header whose head never ends: refused as soon as 8 KiB is passed, no timeout.
     let mut sock = connect(server.addr);
-    let unfinished = format!("GET {HEALTH} HTTP/1.1\r\nX-Big: {}", "a".repeat(9 * 1024));
+    let unfinished = format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nX-Big: {}", "a".repeat(9 * 1024));
     sock.write_all(unfinished.as_bytes()).expect("send");
     let started = Instant::now();
     let r = read_response(&mut sock);
@@ -356,8 +342,10 @@ fn malformed_request_lines_and_headers_get_400() {
         ),
         (
             "NUL in the middle of the path",
-            format!("GET /api/periode-limit/noti\0fications/health HTTP/1.1\r\n{auth}\r\n")
-                .into_bytes(),
+            format!(
+                "GET /api/periode-limit/noti\0fications/health HTTP/1.1\r\nHost: t\r\n{auth}\r\n"
+            )
+            .into_bytes(),
         ),
         ("0xff in the path", {
             let mut raw = format!("GET {HEALTH}").into_bytes();
@@ -368,24 +356,24 @@ fn malformed_request_lines_and_headers_get_400() {
         ("an overlong UTF-8 slash in the path", {
             let mut raw = b"GET /api".to_vec();
             raw.extend_from_slice(&[0xc0, 0xaf]);
-            raw.extend_from_slice(format!("x HTTP/1.1\r\n{auth}\r\n").as_bytes());
+            raw.extend_from_slice(format!("x HTTP/1.1\r\nHost: t\r\n{auth}\r\n").as_bytes());
             raw
         }),
         (
             "a control character in the path",
-            format!("GET {HEALTH}\x01 HTTP/1.1\r\n{auth}\r\n").into_bytes(),
+            format!("GET {HEALTH}\x01 HTTP/1.1\r\nHost: t\r\n{auth}\r\n").into_bytes(),
         ),
         (
             "NUL in a header value",
-            format!("GET {HEALTH} HTTP/1.1\r\nX-A: a\0b\r\n{auth}\r\n").into_bytes(),
+            format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n{auth}\r\n").into_bytes(),
         ),
         (
             "NUL in a header name",
-            format!("GET {HEALTH} HTTP/1.1\r\nX-\0A: b\r\n{auth}\r\n").into_bytes(),
+            format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nX-\0A: b\r\n{auth}\r\n").into_bytes(),
         ),
         (
             "a header without a colon",
-            format!("GET {HEALTH} HTTP/1.1\r\nNoColonHere\r\n{auth}\r\n").into_bytes(),
+            format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nNoColonHere\r\n{auth}\r\n").into_bytes(),
         ),
         (
             "a space before the colon",
@@ -393,15 +381,18 @@ fn malformed_request_lines_and_headers_get_400() {
         ),
         (
             "a folded header (obs-fold)",
-            format!("GET {HEALTH} HTTP/1.1\r\nX-A: a\r\n b\r\n{auth}\r\n").into_bytes(),
+            format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n{auth}\r\n").into_bytes(),
         ),
         (
             "a space inside the target",
-            format!("GET /api/periode limit HTTP/1.1\r\n{auth}\r\n").into_bytes(),
+            format!("GET /api/periode limit HTTP/1.1\r\nHost: t\r\n{auth}\r\n").into_bytes(),
         ),
         ("no version", format!("GET {HEALTH}\r\n{auth}\r\n").into_bytes()),
         ("an unknown protocol", format!("GET {HEALTH} SPDY/3\r\n{auth}\r\n").into_bytes()),
-        ("a method with a separator", format!("G@T {HEALTH} HTTP/1.1\r\n{auth}\r\n").into_bytes()),
+        (
+            "a method with a separator",
+            format!("G@T {HEALTH} HTTP/1.1\r\nHost: t\r\n{auth}\r\n").into_bytes(),
+        ),
         ("plain text", b"hello there\r\n\r\n".to_vec()),
         ("a TLS ClientHello", {
             let mut raw = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
@@ -554,7 +545,7 @@ fn invalid_percent_encoding_is_a_missing_token() {
 #[test]
 fn a_7_kib_garbage_token_is_invalid() {
     let server = Server::start(&[]);
-    let mut rng = Rng(0x5eed_0007);
+    let mut rng = Rng::new(0x5eed_0007);
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
     let garbage: String = (0..7 * 1024)
         .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize] as char)
@@ -803,13 +794,13 @@ fn a_half_closed_client_still_gets_its_answer() {
 #[test]
 fn random_garbage_gets_400() {
     let server = Server::start(&[]);
-    let mut rng = Rng(0xdead_beef_cafe_f00d);
+    let mut rng = Rng::new(0xdead_beef_cafe_f00d);
     for round in 0..60 {
         let len = 1 + rng.below(600) as usize;
-        let mut raw: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let mut raw: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         if round % 3 == 0 {
             // Start like a request, then go wrong.
-            let mut prefixed = format!("GET {HEALTH} HTTP/1.1\r\nX-").into_bytes();
+            let mut prefixed = format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nX-").into_bytes();
             prefixed.extend_from_slice(&raw);
             raw = prefixed;
         }
@@ -832,7 +823,7 @@ fn a_reset_stream_costs_no_one_else() {
     let reset = server.open_stream(&token);
     assert_eq!((keep.status, reset.status), (200, 200));
     // SO_LINGER 0: close() sends RST instead of FIN.
-    set_linger_zero(&reset.sock);
+    sock::set_linger_zero(&reset.sock).expect("SO_LINGER");
     drop(reset);
     server.log.wait_for("SSE stream aborted for user 13", 0, Duration::from_secs(5));
     let r = server.send_json("POST", TRANSACTIONS, &token, r#"{"amount":1}"#);
@@ -847,55 +838,6 @@ fn a_reset_stream_costs_no_one_else() {
         eventually(Duration::from_secs(3), || { server.health(&token)["connectedClients"] == 1 }),
         "the reset stream must leave the registry"
     );
-}
-
-fn set_linger_zero(sock: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: SO_LINGER reads one `linger` struct from a valid pointer of its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-}
-
-/// A connection whose receive buffer is tiny, so a client that stops reading fills up fast.
-fn connect_with_small_rcvbuf(addr: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(v4) = addr else { panic!("the test server listens on IPv4") };
-    // SAFETY: plain socket calls on a descriptor we own; every pointer is to a live local of
-    // the size passed with it. The descriptor's ownership moves into the TcpStream once.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket");
-        let size: libc::c_int = 4096;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0, "connect");
-        TcpStream::from_raw_fd(fd)
-    }
 }
 
 // ---- timeouts --------------------------------------------------------------------------------
@@ -972,7 +914,7 @@ fn timeouts_slowloris_silent_and_idle() {
     cases.push(thread::spawn(move || {
         let mut sock = connect(addr);
         let first = Instant::now();
-        let mut raw = format!("GET {HEALTH} HTTP/1.1\r\nX-Slow: ").into_bytes();
+        let mut raw = format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nX-Slow: ").into_bytes();
         raw.extend_from_slice(&[b'z'; 100]);
         let mut got = Vec::new();
         for byte in raw {
@@ -1044,7 +986,8 @@ fn timeouts_slowloris_silent_and_idle() {
     let mut holders: Vec<TcpStream> = (0..40)
         .map(|i| {
             let mut sock = connect(addr);
-            let _ = sock.write_all(format!("GET {HEALTH} HTTP/1.1\r\nX-Hold: {i}").as_bytes());
+            let _ = sock
+                .write_all(format!("GET {HEALTH} HTTP/1.1\r\nHost: t\r\nX-Hold: {i}").as_bytes());
             sock
         })
         .collect();
@@ -1166,7 +1109,7 @@ fn a_slow_consumer_is_dropped_and_its_sibling_misses_nothing() {
     let token = server.token(USER);
 
     // The stalled stream: tiny receive buffer, reads its head, then never again.
-    let mut stalled = connect_with_small_rcvbuf(server.addr);
+    let mut stalled = sock::connect_small_rcvbuf(server.addr, 4096).expect("connect");
     stalled
         .write_all(
             get_with_headers(STREAM, &format!("Authorization: Bearer {token}\r\n")).as_bytes(),
@@ -1363,7 +1306,7 @@ fn a_pipelining_client_that_never_reads_is_bounded() {
     let admin = server.admin_token();
     // /metrics answers are a few KiB each: 3000 of them are ~10 MiB of answers.
     let one = get_with_headers("/metrics", &format!("Authorization: Bearer {admin}\r\n"));
-    let mut sock = connect_with_small_rcvbuf(server.addr);
+    let mut sock = sock::connect_small_rcvbuf(server.addr, 4096).expect("connect");
     sock.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let mut sent = 0;
     for _ in 0..3000 {
@@ -1392,7 +1335,7 @@ fn sigterm_with_hostile_clients_exits_0_within_5_s() {
     let token = server.token(USER);
     let mut healthy = server.open_stream(&token);
     assert_eq!(healthy.status, 200);
-    let mut stalled = connect_with_small_rcvbuf(server.addr);
+    let mut stalled = sock::connect_small_rcvbuf(server.addr, 4096).expect("connect");
     stalled
         .write_all(
             get_with_headers(STREAM, &format!("Authorization: Bearer {token}\r\n")).as_bytes(),
@@ -1744,7 +1687,7 @@ fn jwt_leeway_edges() {
     let r = request(
         server.addr,
         &format!(
-            "GET {HEALTH} HTTP/1.1\r\nAuthorization: bearer {}\r\nConnection: close\r\n\r\n",
+            "GET {HEALTH} HTTP/1.1\r\nHost: t\r\nAuthorization: bearer {}\r\nConnection: close\r\n\r\n",
             server.token(USER)
         ),
     );

@@ -17,13 +17,13 @@
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use periode_sse::domain::{Role, UserId};
-use periode_sse::jwt;
+use periode_kit::rng::Rng;
+use periode_kit::{http, procfs, sock, token};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const STREAM_PATH: &str = "/api/periode-limit/notifications/stream";
 const HEALTH_PATH: &str = "/api/periode-limit/notifications/health";
@@ -150,38 +150,6 @@ fn main() -> ExitCode {
 
 // ---- small tools -----------------------------------------------------------------------------
 
-fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// xorshift64*: deterministic enough, and no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to.saturating_sub(from).max(1)))
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// One request on a fresh blocking connection; returns the status and body.
 fn blocking_request(
     addr: SocketAddr,
@@ -190,35 +158,8 @@ fn blocking_request(
     token: &str,
     body: &str,
 ) -> io::Result<(u16, String)> {
-    let mut sock = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: soak\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(raw.as_bytes())?;
-    let mut got = Vec::new();
-    sock.read_to_end(&mut got)?;
-    let text = String::from_utf8_lossy(&got);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no status line in {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+    http::call(addr, method, path, token, body).map(|r| (r.status, r.body))
 }
-
-fn proc_fds(pid: u32) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
-}
-
-fn proc_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// A metric's value from `/metrics` text (the first line that starts with `name`).
 fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -331,6 +272,41 @@ fn make_token(key: usize, gen: u32) -> Token {
 }
 
 impl<'a> Soak<'a> {
+    /// The well-behaved clients, spread over the users; connected during the ramp-up.
+    fn add_logical_clients(&mut self) {
+        for i in 0..self.args.streams {
+            let user = 1 + (i as u64 % self.args.users);
+            self.logical.push(Logical {
+                user,
+                last_id: None,
+                received: 0,
+                errors: Vec::new(),
+                comes_and_goes: i % 3 == 0,
+                sends_junk: i % 10 == 1,
+                conn: None,
+                reconnect_at: None,
+                connects: 0,
+                unexpected_closes: 0,
+            });
+        }
+    }
+
+    /// Hands the owed transactions to idle posters: hot users first.
+    fn post_on_credit(&mut self, credit: &mut Credits) {
+        for key in self.idle_posters() {
+            let user = if credit.hot >= 1.0 {
+                credit.hot -= 1.0;
+                1 + self.rng.below(self.args.hot_users)
+            } else if credit.post >= 1.0 {
+                credit.post -= 1.0;
+                1 + self.rng.below(self.args.users)
+            } else {
+                break;
+            };
+            self.post(key, user);
+        }
+    }
+
     fn open(&mut self, kind: Kind, request: Vec<u8>) -> Option<usize> {
         let mut sock = match TcpStream::connect(self.args.addr) {
             Ok(sock) => sock,
@@ -413,29 +389,31 @@ impl<'a> Soak<'a> {
             0 => {
                 let len = 1 + self.rng.below(300) as usize;
                 let mut raw = vec![0x7f];
-                raw.extend((0..len).map(|_| self.rng.next() as u8));
+                raw.extend((0..len).map(|_| self.rng.next_u64() as u8));
                 raw.extend_from_slice(b"\r\n\r\n");
                 (Some("HTTP/1.1 400 "), raw)
             }
             1 => {
-                let raw =
-                    format!("GET {HEALTH_PATH} HTTP/1.1\r\nX-Big: {}\r\n\r\n", "b".repeat(9000));
+                let raw = format!(
+                    "GET {HEALTH_PATH} HTTP/1.1\r\nHost: soak\r\nX-Big: {}\r\n\r\n",
+                    "b".repeat(9000)
+                );
                 (Some("HTTP/1.1 431 "), raw.into_bytes())
             }
             2 => {
                 let raw = format!(
-                    "POST {TRANSACTIONS_PATH} HTTP/1.1\r\nAuthorization: Bearer {}\r\n\
+                    "POST {TRANSACTIONS_PATH} HTTP/1.1\r\nHost: soak\r\nAuthorization: Bearer {}\r\n\
                      Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
                     self.admin_token
                 );
                 (Some("HTTP/1.1 501 "), raw.into_bytes())
             }
             3 => {
-                let raw = "POST /api/periode-limit/transactions HTTP/1.1\r\nContent-Length: 1\r\n\
+                let raw = "POST /api/periode-limit/transactions HTTP/1.1\r\nHost: soak\r\nContent-Length: 1\r\n\
                            Content-Length: 2\r\n\r\nxx";
                 (Some("HTTP/1.1 400 "), raw.as_bytes().to_vec())
             }
-            4 => (None, format!("GET {STREAM_PATH} HTTP/1.1\r\nAuthor").into_bytes()),
+            4 => (None, format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: soak\r\nAuthor").into_bytes()),
             _ => (None, Vec::new()),
         };
         // The half-request and the empty one leave as soon as their bytes are out (on_event).
@@ -520,7 +498,7 @@ impl<'a> Soak<'a> {
         let eof = self.read(key);
         let Some(conn) = self.conns.get_mut(key) else { return };
         if !conn.head_done {
-            if let Some(at) = find(&conn.raw, b"\r\n\r\n") {
+            if let Some(at) = http::find(&conn.raw, b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&conn.raw[..at]).to_string();
                 conn.status =
                     head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -571,7 +549,7 @@ impl<'a> Soak<'a> {
     fn on_poster_bytes(&mut self, key: usize, eof: bool) {
         loop {
             let conn = &mut self.conns[key];
-            let Some(head_end) = find(&conn.raw, b"\r\n\r\n").map(|i| i + 4) else { break };
+            let Some(head_end) = http::find(&conn.raw, b"\r\n\r\n").map(|i| i + 4) else { break };
             let head = String::from_utf8_lossy(&conn.raw[..head_end]).to_string();
             let length: usize = head
                 .lines()
@@ -627,7 +605,7 @@ impl<'a> Soak<'a> {
         dechunk(conn);
         let heartbeat_limit =
             Duration::from_secs(self.args.heartbeat_secs) + Duration::from_secs(2);
-        while let Some(end) = find(&conn.text, b"\n\n") {
+        while let Some(end) = http::find(&conn.text, b"\n\n") {
             let block: Vec<u8> = conn.text.drain(..end + 2).collect();
             let mut event = "";
             let mut id = None;
@@ -725,7 +703,7 @@ impl<'a> Soak<'a> {
                 }
                 Due::Churn(reset) => {
                     if reset {
-                        set_linger_zero(&self.conns[key].sock);
+                        let _ = sock::set_linger_zero(&self.conns[key].sock);
                     }
                     self.close(key);
                     churned += 1;
@@ -784,7 +762,7 @@ impl<'a> Soak<'a> {
 /// Moves complete chunks from `raw` to `text`.
 fn dechunk(conn: &mut Conn) {
     loop {
-        let Some(line_end) = find(&conn.raw, b"\r\n") else { return };
+        let Some(line_end) = http::find(&conn.raw, b"\r\n") else { return };
         let size_text = String::from_utf8_lossy(&conn.raw[..line_end]).to_string();
         let Ok(size) = usize::from_str_radix(size_text.trim(), 16) else {
             conn.raw.clear();
@@ -802,60 +780,10 @@ fn dechunk(conn: &mut Conn) {
     }
 }
 
-fn set_linger_zero(sock: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: SO_LINGER reads one `linger` struct from a valid pointer of its size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
 /// A blocking stream request on a socket with a 4 KiB receive buffer that is never read
 /// after its head: the stalled consumer.
 fn open_stalled(addr: SocketAddr, request: &[u8]) -> io::Result<std::net::TcpStream> {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(v4) = addr else {
-        return Err(io::Error::other("stalled streams need an IPv4 address"));
-    };
-    // SAFETY: plain socket calls on a descriptor we own; every pointer is to a live local of
-    // the size passed with it; ownership of the descriptor moves into the TcpStream once.
-    let mut sock = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = std::net::TcpStream::from_raw_fd(fd);
-        let size: libc::c_int = 4096;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        sock
-    };
+    let mut sock = sock::connect_small_rcvbuf(addr, 4096)?;
     sock.write_all(request)?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut head = [0u8; 256];
@@ -890,8 +818,62 @@ fn was_closed(sock: &mut std::net::TcpStream) -> bool {
 // ---- the run ---------------------------------------------------------------------------------
 
 fn run(args: &Args) -> Result<Report, String> {
-    let now = now_secs();
-    let admin_token = jwt::sign(UserId(0), Role::Admin, now, 6 * 3600, &args.secret);
+    let (setup, mut report) = set_up(args)?;
+    let mut soak = Soak {
+        args,
+        poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
+        conns: slab::Slab::with_capacity(args.streams + args.churn + 256),
+        next_gen: 1,
+        logical: Vec::with_capacity(args.streams),
+        user_tokens: setup.user_tokens,
+        admin_token: setup.admin_token,
+        rng: Rng::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id())),
+        stats: Stats::default(),
+        report: std::mem::take(&mut report),
+        loading: true,
+    };
+    let mut stalled = open_stalled_streams(&mut soak);
+    soak.add_logical_clients();
+    let mut events = Events::with_capacity(4096);
+    let rss_peak = load(&mut soak, &mut events)?;
+    wind_down(&mut soak, &mut events)?;
+    // What every user's last id must be now.
+    let final_ids: BTreeMap<u64, u64> = (1..=args.users)
+        .map(|user| {
+            let created = soak.stats.posts_created.get(&user).copied().unwrap_or(0);
+            (user, setup.base_ids[&user] + created)
+        })
+        .collect();
+    catch_up(&mut soak, &mut events, &final_ids)?;
+    let silent_streams = settle(&mut soak, &mut events)?;
+
+    let mut report = std::mem::take(&mut soak.report);
+    report_load(&mut report, &soak, stalled.len(), silent_streams);
+    check_clients(&mut report, &soak, &final_ids);
+    check_stalled(&mut report, &soak, &mut stalled);
+    // Everyone leaves; the server must come back to its idle footprint.
+    let keys: Vec<usize> = soak.conns.iter().map(|(k, _)| k).collect();
+    for key in keys {
+        soak.close(key);
+    }
+    drop(stalled);
+    check_back_to_idle(&mut report, &soak, setup.idle, rss_peak);
+    Ok(report)
+}
+
+/// What the set-up leaves for the run.
+struct Setup {
+    admin_token: String,
+    user_tokens: BTreeMap<u64, String>,
+    /// Each user's latest notification id before the load.
+    base_ids: BTreeMap<u64, u64>,
+    /// The server's descriptors and RSS (KiB) once idle, when its pid is known.
+    idle: Option<(usize, u64)>,
+}
+
+/// Waits for the server, creates the users and their limits, and reads the idle footprint.
+fn set_up(args: &Args) -> Result<(Setup, Report), String> {
+    let admin_token = token::admin(6 * 3600, &args.secret);
     let mut report = Report::default();
 
     // The server is up and takes our key.
@@ -909,28 +891,8 @@ fn run(args: &Args) -> Result<Report, String> {
     let setup_started = Instant::now();
     let mut user_tokens = BTreeMap::new();
     for user in 1..=args.users {
-        let (status, body) = blocking_request(
-            args.addr,
-            "PUT",
-            &format!("/api/admin/users/{user}"),
-            &admin_token,
-            r#"{"active":true}"#,
-        )
-        .map_err(|e| format!("create user {user}: {e}"))?;
-        if status != 200 {
-            return Err(format!("create user {user}: {status} {body}"));
-        }
-        let limit = format!(
-            r#"{{"userId":{user},"maxLimit":1000000000,"alertPercentage":80,"periodeStart":"2000-01-01T00:00:00.000Z","periodeEnd":"2100-01-01T00:00:00.000Z"}}"#
-        );
-        let (status, body) =
-            blocking_request(args.addr, "PUT", "/api/periode-limit", &admin_token, &limit)
-                .map_err(|e| format!("limit for user {user}: {e}"))?;
-        if status != 200 {
-            return Err(format!("limit for user {user}: {status} {body}"));
-        }
-        user_tokens
-            .insert(user, jwt::sign(UserId(user as i64), Role::User, now, 6 * 3600, &args.secret));
+        create_user(args.addr, &admin_token, user)?;
+        user_tokens.insert(user, token::user(user, 6 * 3600, &args.secret));
     }
     report.note(format!("{} users set up in {:?}", args.users, setup_started.elapsed()));
     // The id each user's notifications have reached: one per limit PUT so far. Read it back
@@ -942,26 +904,47 @@ fn run(args: &Args) -> Result<Report, String> {
     if !quiet.is_some_and(|n| n <= 1) {
         report.fail(format!("set-up connections still open after 10 s: {quiet:?}"));
     }
-    let idle = args.pid.and_then(|pid| Some((proc_fds(pid)?, proc_rss_kb(pid)?)));
+    let idle = args.pid.and_then(|pid| Some((procfs::fd_count(pid)?, rss_kib(pid)?)));
     if let Some((fds, rss)) = idle {
         report.note(format!("server idle: {fds} descriptors, {} MiB RSS", rss / 1024));
     }
+    Ok((Setup { admin_token, user_tokens, base_ids, idle }, report))
+}
 
-    let mut soak = Soak {
-        args,
-        poll: Poll::new().map_err(|e| format!("poll: {e}"))?,
-        conns: slab::Slab::with_capacity(args.streams + args.churn + 256),
-        next_gen: 1,
-        logical: Vec::with_capacity(args.streams),
-        user_tokens,
+/// User `user`, active, with a limit from 2000 to 2100.
+fn create_user(addr: SocketAddr, admin_token: &str, user: u64) -> Result<(), String> {
+    let (status, body) = blocking_request(
+        addr,
+        "PUT",
+        &format!("/api/admin/users/{user}"),
         admin_token,
-        rng: Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id())),
-        stats: Stats::default(),
-        report,
-        loading: true,
-    };
+        r#"{"active":true}"#,
+    )
+    .map_err(|e| format!("create user {user}: {e}"))?;
+    if status != 200 {
+        return Err(format!("create user {user}: {status} {body}"));
+    }
+    let limit = format!(
+        r#"{{"userId":{user},"maxLimit":1000000000,"alertPercentage":80,"periodeStart":"2000-01-01T00:00:00.000Z","periodeEnd":"2100-01-01T00:00:00.000Z"}}"#
+    );
+    let (status, body) = blocking_request(addr, "PUT", "/api/periode-limit", admin_token, &limit)
+        .map_err(|e| format!("limit for user {user}: {e}"))?;
+    if status != 200 {
+        return Err(format!("limit for user {user}: {status} {body}"));
+    }
+    Ok(())
+}
 
-    // Stalled streams: half on the hot users, whose traffic will push them past the cap.
+fn rss_kib(pid: u32) -> Option<u64> {
+    procfs::status_kib(pid, "VmRSS:")
+}
+
+/// A stalled stream: its user, whether that user is hot, and the socket never read again.
+type Stalled = (u64, bool, std::net::TcpStream);
+
+/// Stalled streams: half on the hot users, whose traffic will push them past the cap.
+fn open_stalled_streams(soak: &mut Soak) -> Vec<Stalled> {
+    let args = soak.args;
     let mut stalled = Vec::with_capacity(args.stalled);
     for i in 0..args.stalled {
         let user = if args.hot_users > 0 && i % 2 == 0 {
@@ -975,25 +958,21 @@ fn run(args: &Args) -> Result<Report, String> {
             Err(e) => soak.report.fail(format!("stalled stream for user {user}: {e}")),
         }
     }
+    stalled
+}
 
-    for i in 0..args.streams {
-        let user = 1 + (i as u64 % args.users);
-        soak.logical.push(Logical {
-            user,
-            last_id: None,
-            received: 0,
-            errors: Vec::new(),
-            comes_and_goes: i % 3 == 0,
-            sends_junk: i % 10 == 1,
-            conn: None,
-            reconnect_at: None,
-            connects: 0,
-            unexpected_closes: 0,
-        });
-    }
+/// How many transactions and garbage clients are owed, from the rates and the time passed.
+#[derive(Default)]
+struct Credits {
+    post: f64,
+    hot: f64,
+    garbage: f64,
+}
 
-    let stalled_hot = stalled.iter().filter(|(_, hot, _)| *hot).count();
-    let mut events = Events::with_capacity(4096);
+/// The load phase: ramps the streams up, keeps churners, garbage and posters going until
+/// `--seconds` have passed. Returns the server's peak RSS (KiB) seen meanwhile.
+fn load(soak: &mut Soak, events: &mut Events) -> Result<u64, String> {
+    let args = soak.args;
     let started = Instant::now();
     let load_end = started + Duration::from_secs(args.seconds);
     let mut next_logical = 0;
@@ -1002,14 +981,12 @@ fn run(args: &Args) -> Result<Report, String> {
         soak.spawn_poster();
     }
     let mut churners_started = 0;
-    let mut post_credit = 0.0f64;
-    let mut hot_credit = 0.0f64;
-    let mut garbage_credit = 0.0f64;
+    let mut credit = Credits::default();
     let mut last_tick = Instant::now();
     let mut rss_peak = 0;
     let mut next_sample = started;
     while Instant::now() < load_end {
-        soak.poll_once(&mut events, Duration::from_millis(5))?;
+        soak.poll_once(events, Duration::from_millis(5))?;
         let now = Instant::now();
         // Ramp up: 200 new streams per turn.
         for _ in 0..200 {
@@ -1024,25 +1001,14 @@ fn run(args: &Args) -> Result<Report, String> {
         }
         let dt = now.saturating_duration_since(last_tick).as_secs_f64();
         last_tick = now;
-        post_credit = (post_credit + dt * args.rate as f64).min(200.0);
-        hot_credit = (hot_credit + dt * (args.hot_rate * args.hot_users) as f64).min(200.0);
-        garbage_credit = (garbage_credit + dt * args.garbage_rate as f64).min(50.0);
-        while garbage_credit >= 1.0 {
-            garbage_credit -= 1.0;
+        credit.post = (credit.post + dt * args.rate as f64).min(200.0);
+        credit.hot = (credit.hot + dt * (args.hot_rate * args.hot_users) as f64).min(200.0);
+        credit.garbage = (credit.garbage + dt * args.garbage_rate as f64).min(50.0);
+        while credit.garbage >= 1.0 {
+            credit.garbage -= 1.0;
             soak.spawn_garbage(now);
         }
-        for key in soak.idle_posters() {
-            let user = if hot_credit >= 1.0 {
-                hot_credit -= 1.0;
-                1 + soak.rng.below(args.hot_users)
-            } else if post_credit >= 1.0 {
-                post_credit -= 1.0;
-                1 + soak.rng.below(args.users)
-            } else {
-                break;
-            };
-            soak.post(key, user);
-        }
+        soak.post_on_credit(&mut credit);
         // Keep the poster count up (a closed one was reported as a failure).
         let live_posters =
             soak.conns.iter().filter(|(_, c)| matches!(c.kind, Kind::Poster { .. })).count();
@@ -1052,13 +1018,16 @@ fn run(args: &Args) -> Result<Report, String> {
         soak.on_timers(now);
         if now >= next_sample {
             next_sample = now + Duration::from_secs(1);
-            if let Some(rss) = args.pid.and_then(proc_rss_kb) {
+            if let Some(rss) = args.pid.and_then(rss_kib) {
                 rss_peak = rss_peak.max(rss);
             }
         }
     }
+    Ok(rss_peak)
+}
 
-    // Wind down: no more posts, churn or planned disconnects; every in-flight POST answered.
+/// No more posts, churn or planned disconnects; every in-flight POST answered.
+fn wind_down(soak: &mut Soak, events: &mut Events) -> Result<(), String> {
     soak.loading = false;
     let keys: Vec<usize> = soak
         .conns
@@ -1080,19 +1049,20 @@ fn run(args: &Args) -> Result<Report, String> {
     }
     let drain_deadline = Instant::now() + Duration::from_secs(10);
     while soak.posters_busy() && Instant::now() < drain_deadline {
-        soak.poll_once(&mut events, Duration::from_millis(10))?;
+        soak.poll_once(events, Duration::from_millis(10))?;
     }
     if soak.posters_busy() {
         soak.report.fail("POSTs still unanswered 10 s after the load stopped".into());
     }
+    Ok(())
+}
 
-    // What every user's last id must be now.
-    let mut final_ids = BTreeMap::new();
-    for user in 1..=args.users {
-        let created = soak.stats.posts_created.get(&user).copied().unwrap_or(0);
-        final_ids.insert(user, base_ids[&user] + created);
-    }
-    // Catch up: reconnect the disconnected, read until everyone is at their user's last id.
+/// Reconnects the disconnected and reads until everyone is at their user's last id (20 s).
+fn catch_up(
+    soak: &mut Soak,
+    events: &mut Events,
+    final_ids: &BTreeMap<u64, u64>,
+) -> Result<(), String> {
     let catch_up_deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = Instant::now();
@@ -1111,14 +1081,19 @@ fn run(args: &Args) -> Result<Report, String> {
             })
             .count();
         if behind == 0 || now >= catch_up_deadline {
-            break;
+            return Ok(());
         }
-        soak.poll_once(&mut events, Duration::from_millis(10))?;
+        soak.poll_once(events, Duration::from_millis(10))?;
     }
-    // One heartbeat period more, so that every stream shows its heartbeats still come.
+}
+
+/// One heartbeat period more, so that every stream shows its heartbeats still come; returns
+/// how many streams stayed silent longer than a period and two seconds.
+fn settle(soak: &mut Soak, events: &mut Events) -> Result<usize, String> {
+    let args = soak.args;
     let settle_end = Instant::now() + Duration::from_secs(args.heartbeat_secs + 1);
     while Instant::now() < settle_end {
-        soak.poll_once(&mut events, Duration::from_millis(10))?;
+        soak.poll_once(events, Duration::from_millis(10))?;
     }
     let now = Instant::now();
     let heartbeat_limit = Duration::from_secs(args.heartbeat_secs) + Duration::from_secs(2);
@@ -1138,10 +1113,12 @@ fn run(args: &Args) -> Result<Report, String> {
             }
         }
     }
+    Ok(silent_streams)
+}
 
-    // ---- the checks --------------------------------------------------------------------------
-    let mut report = std::mem::take(&mut soak.report);
-    let stats = &soak.stats;
+/// The figures of the load: clients, transactions, refusals, notifications, heartbeats.
+fn report_load(report: &mut Report, soak: &Soak, stalled: usize, silent_streams: usize) {
+    let (args, stats) = (soak.args, &soak.stats);
     let total_created: u64 = stats.posts_created.values().sum();
     report.note(format!(
         "load: {} s, {} well-behaved clients ({} connects), {} stalled, {} churned, {} garbage \
@@ -1149,7 +1126,7 @@ fn run(args: &Args) -> Result<Report, String> {
         args.seconds,
         soak.logical.len(),
         stats.streams_opened,
-        stalled.len(),
+        stalled,
         stats.churned,
         stats.garbage_sent,
         stats.garbage_answered
@@ -1171,6 +1148,11 @@ fn run(args: &Args) -> Result<Report, String> {
          {:?} (user {}); streams silent at the end: {silent_streams}",
         stats.worst_heartbeat_gap, stats.worst_gap_user
     ));
+}
+
+/// Every well-behaved client saw every notification of its user, in order, none twice.
+fn check_clients(report: &mut Report, soak: &Soak, final_ids: &BTreeMap<u64, u64>) {
+    let stats = &soak.stats;
     let mut clients_with_errors = 0;
     for (i, l) in soak.logical.iter().enumerate() {
         let want = final_ids[&l.user];
@@ -1194,8 +1176,12 @@ fn run(args: &Args) -> Result<Report, String> {
         soak.logical.len() - clients_with_errors,
         soak.logical.len()
     ));
+}
 
-    // Stalled streams: were those of the hot users cut as slow consumers?
+/// Stalled streams: were those of the hot users cut as slow consumers?
+fn check_stalled(report: &mut Report, soak: &Soak, stalled: &mut [Stalled]) {
+    let (args, stats) = (soak.args, &soak.stats);
+    let stalled_hot = stalled.iter().filter(|(_, hot, _)| *hot).count();
     let mut hot_cut = 0;
     let mut other_cut = 0;
     for (_, hot, sock) in stalled.iter_mut() {
@@ -1230,13 +1216,11 @@ fn run(args: &Args) -> Result<Report, String> {
             hot_bytes / 1024
         ));
     }
+}
 
-    // Everyone leaves; the server must come back to its idle footprint.
-    let keys: Vec<usize> = soak.conns.iter().map(|(k, _)| k).collect();
-    for key in keys {
-        soak.close(key);
-    }
-    drop(stalled);
+/// Once every client has left: no connection, descriptors and RSS back near idle, still up.
+fn check_back_to_idle(report: &mut Report, soak: &Soak, idle: Option<(usize, u64)>, rss_peak: u64) {
+    let args = soak.args;
     let open_conns =
         wait_until_no_connections(args.addr, &soak.admin_token, Duration::from_secs(15));
     if !open_conns.is_some_and(|n| n <= 1) {
@@ -1244,8 +1228,8 @@ fn run(args: &Args) -> Result<Report, String> {
     }
     if let (Some(pid), Some((idle_fds, idle_rss))) = (args.pid, idle) {
         std::thread::sleep(Duration::from_millis(500));
-        let fds = proc_fds(pid).unwrap_or(0);
-        let rss = proc_rss_kb(pid).unwrap_or(0);
+        let fds = procfs::fd_count(pid).unwrap_or(0);
+        let rss = rss_kib(pid).unwrap_or(0);
         report.note(format!(
             "server after the load: {fds} descriptors (idle {idle_fds}), RSS {} MiB (idle {} MiB, \
              peak {} MiB)",
@@ -1272,7 +1256,6 @@ fn run(args: &Args) -> Result<Report, String> {
         Ok((status, body)) => report.fail(format!("/health after the soak: {status} {body}")),
         Err(e) => report.fail(format!("the server is down after the soak: {e}")),
     }
-    Ok(report)
 }
 
 /// Polls `/metrics` until the server holds no connection but the one asking; returns the last
@@ -1339,7 +1322,7 @@ fn last_notification_id(addr: SocketAddr, token: &str) -> Result<u64, String> {
         match sock.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) if find(&got, b"event: connected").is_some() => break,
+            Err(_) if http::find(&got, b"event: connected").is_some() => break,
             Err(_) => {}
         }
     }

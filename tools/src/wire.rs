@@ -1,87 +1,9 @@
-//! Client-side bytes: opening a non-blocking socket from a chosen source address, and the
-//! incremental decoders a stream needs (HTTP/1.1 chunked framing, then SSE event boundaries).
+//! Client-side bytes for many streams at once: the incremental decoders a stream needs
+//! (HTTP/1.1 chunked framing, then SSE event boundaries) and response-head parsing.
 //!
 //! The decoders keep a few bytes of state per stream and never buffer a whole event, so that
 //! 19 000 client streams cost the load generator little memory and the server's figures stay
 //! the ones that matter.
-
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::FromRawFd;
-
-/// Starts a non-blocking connect to `to`, from `from` (port chosen by the kernel at connect
-/// time, so that many source addresses can share the ephemeral port range).
-pub fn connect_from(from: Option<Ipv4Addr>, to: SocketAddr) -> io::Result<mio::net::TcpStream> {
-    let SocketAddr::V4(to) = to else {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "IPv4 only"));
-    };
-    // SAFETY: plain socket calls on a descriptor we own; every pointer is to a local of the
-    // size passed with it. The descriptor is closed on every error path.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fail = |fd: libc::c_int| {
-            let e = io::Error::last_os_error();
-            libc::close(fd);
-            Err(e)
-        };
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        if let Some(ip) = from {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-            let sin = sockaddr(SocketAddrV4::new(ip, 0));
-            if libc::bind(
-                fd,
-                (&sin as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) != 0
-            {
-                return fail(fd);
-            }
-        }
-        let sin = sockaddr(to);
-        let rc = libc::connect(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINPROGRESS) {
-                libc::close(fd);
-                return Err(e);
-            }
-        }
-        Ok(mio::net::TcpStream::from_std(std::net::TcpStream::from_raw_fd(fd)))
-    }
-}
-
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
-        sin_zero: [0; 8],
-    }
-}
 
 /// HTTP/1.1 chunked transfer decoding, one byte of state at a time.
 #[derive(Clone, Copy)]
@@ -107,6 +29,12 @@ pub enum Chunked {
 
 pub enum ChunkError {
     Malformed,
+}
+
+impl Default for Chunked {
+    fn default() -> Chunked {
+        Chunked::new()
+    }
 }
 
 impl Chunked {
@@ -198,6 +126,12 @@ pub struct SseScan {
     kind: Option<Kind>,
 }
 
+impl Default for SseScan {
+    fn default() -> SseScan {
+        SseScan::new()
+    }
+}
+
 impl SseScan {
     pub fn new() -> SseScan {
         SseScan { line: [0; LINE_KEEP], kept: 0, in_line: false, in_block: false, kind: None }
@@ -246,15 +180,19 @@ impl SseScan {
     }
 }
 
+/// A response head that is not HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
 /// A complete HTTP response at the front of `buf`: (status, bytes it spans, whether the
 /// server will close the connection). `None` while incomplete; `Err` when malformed.
-pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, ()> {
+pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
+        Err(_) => return Err(Malformed),
     };
     let status = response.code.unwrap_or(0);
     let mut content_length: Option<usize> = None;
@@ -281,7 +219,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, ()> {
 }
 
 /// Whether a stream response's head says chunked, and its status; `None` while incomplete.
-pub fn parse_stream_head(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, ()> {
+pub fn parse_stream_head(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, Malformed> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     match response.parse(buf) {
@@ -293,13 +231,12 @@ pub fn parse_stream_head(buf: &[u8]) -> Result<Option<(u16, usize, bool)>, ()> {
             Ok(Some((response.code.unwrap_or(0), n, chunked)))
         }
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(()),
+        Err(_) => Err(Malformed),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #[allow(unused_imports)] // unused where a bench includes this file without a test harness
     use super::*;
 
     #[test]

@@ -1,20 +1,14 @@
-//! Before the load: starting our own server when asked to, and creating the users and limits
-//! it needs through its admin API. Blocking sockets and a few threads: this is not measured.
+//! Before the load: starting a server when asked to, and creating the users and limits it
+//! needs through its admin API. Blocking sockets and a few threads: this is not measured.
 
-use periode_sse::domain::{Role, UserId};
-use periode_sse::jwt;
+use crate::token;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn epoch_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::token::epoch_secs;
 
 pub fn epoch_ms() -> i64 {
     std::time::SystemTime::now()
@@ -23,12 +17,14 @@ pub fn epoch_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A user token for a measurement (four hours: longer than any run).
 pub fn user_token(user: u64, key: &[u8]) -> String {
-    jwt::sign(UserId(user as i64), Role::User, epoch_secs(), 4 * 3600, key)
+    token::user(user, 4 * 3600, key)
 }
 
+/// An admin token for the set-up calls.
 pub fn admin_token(key: &[u8]) -> String {
-    jwt::sign(UserId(0), Role::Admin, epoch_secs(), 3600, key)
+    token::admin(3600, key)
 }
 
 /// Our server, started by the tool on a database of its own.
@@ -143,7 +139,7 @@ impl Caller {
             let mut buf = Vec::with_capacity(1024);
             let mut chunk = [0u8; 4096];
             loop {
-                match super::wire::parse_response(&buf) {
+                match crate::wire::parse_response(&buf) {
                     Ok(Some((status, _, close))) => {
                         if close {
                             self.sock = None;
@@ -151,7 +147,7 @@ impl Caller {
                         return Ok(status);
                     }
                     Ok(None) => {}
-                    Err(()) => return Err("malformed response".into()),
+                    Err(_) => return Err("malformed response".into()),
                 }
                 match sock.read(&mut chunk) {
                     Ok(0) | Err(_) => break,

@@ -1,5 +1,5 @@
-//! What the kernel says about the server process: resident memory and CPU time, read from
-//! `/proc`. Only reads files; every reading that fails becomes `None`, never a panic, because
+//! What the kernel says about a process (the server, or the tool itself): resident memory,
+//! open descriptors and CPU time, read from `/proc`. Only reads files; every reading that fails becomes `None`, never a panic, because
 //! the server may exit under us.
 
 use std::fs;
@@ -17,9 +17,20 @@ pub fn pss_bytes(pid: u32) -> Option<u64> {
     kib_field(&text, "Pss:")
 }
 
+/// A `kB` field of `/proc/PID/status` (`"VmRSS:"`, `"VmHWM:"`, …), in KiB as the file says.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&text, field).map(|bytes| bytes / 1024)
+}
+
+/// How many descriptors the process holds open.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
+}
+
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
-    let kib: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: u64 = line.get(name.len()..)?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
 }
 
