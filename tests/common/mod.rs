@@ -1,17 +1,36 @@
 //! Test harness: starts the real binary on a free loopback port with a temporary SQLite file,
 //! and talks to it over real TCP sockets. No mocks. Every wait has a deadline; nothing sleeps
 //! "long enough".
-#![allow(dead_code)]
+//!
+//! The client side (requests, response readers, the SSE oracle, tokens, raw sockets, `/proc`)
+//! is `periode_kit`'s, shared with the tools and benches; the `pub use` lines below are the
+//! prelude every feature test gets with `use common::*`.
+#![allow(dead_code, unused_imports)]
 
-use base64::Engine as _;
-use hmac::{KeyInit, Mac};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod helpers;
+pub use helpers::*;
+
+pub use periode_kit::http::Response;
+pub use periode_kit::rng::Rng;
+pub use periode_kit::sock;
+pub use periode_kit::sse::Event;
+pub use periode_kit::{b64 as kit_b64, token as kit_token};
+pub use serde_json::{json, Value};
+pub use std::collections::{BTreeSet, HashMap};
+pub use std::io::{ErrorKind, Read, Write};
+pub use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use std::os::unix::fs::PermissionsExt;
+pub use std::process::{Command, Stdio};
+pub use std::sync::atomic::{AtomicBool, Ordering};
+pub use std::sync::Arc;
+pub use std::thread;
+pub use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Child;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Condvar, Mutex};
 
 pub const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes!";
 pub const BIN: &str = env!("CARGO_BIN_EXE_periode-sse");
@@ -293,32 +312,41 @@ pub fn sign(payload: &str) -> String {
 }
 
 pub fn sign_with(header: &str, payload: &str, key: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let input = format!("{}.{}", b64.encode(header), b64.encode(payload));
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("hmac key");
-    mac.update(input.as_bytes());
-    format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+    kit_token::sign_with(header, payload, key)
 }
 
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
+/// `header.payload.signature` signed with HMAC-SHA384 (`bits` 384) or -512, whatever `alg`
+/// says.
+pub fn hmac_token(bits: u32, header: &str, payload: &str, key: &[u8]) -> String {
+    let alg = if bits == 384 { kit_token::Hmac::Sha384 } else { kit_token::Hmac::Sha512 };
+    kit_token::sign_raw(alg, header, payload, key)
 }
 
-impl Response {
-    /// The value of header `name` (case-insensitive), if present.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
+/// base64url, unpadded.
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    kit_b64::encode(bytes)
+}
 
-    pub fn json(&self) -> serde_json::Value {
+pub fn b64_decode(text: &str) -> Vec<u8> {
+    kit_b64::decode(text).unwrap_or_else(|e| panic!("not base64url ({e}): {text:?}"))
+}
+
+/// A JSON body, or a panic that shows it.
+pub trait JsonBody {
+    fn json(&self) -> serde_json::Value;
+}
+
+impl JsonBody for Response {
+    fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+impl JsonBody for Event {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data not JSON ({e}): {:?}", self.data))
     }
 }
 
@@ -337,72 +365,64 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     sock
 }
 
-/// Reads one response from a connection that may carry more (keep-alive).
+/// Reads one response from a connection that may carry more (keep-alive); no byte past it
+/// may have arrived (a pipelined answer read too far would be lost).
 pub fn read_response(sock: &mut TcpStream) -> Response {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = sock
-            .read(&mut chunk)
-            .unwrap_or_else(|e| panic!("read head: {e}; got {:?}", String::from_utf8_lossy(&buf)));
-        assert!(
-            n > 0,
-            "connection closed before a whole head; got {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status: u16 =
-        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let length = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
-    });
-    let mut body = buf[head_end..].to_vec();
-    match length {
-        Some(n) => {
-            while body.len() < n {
-                let mut chunk = [0u8; 4096];
-                let got = sock.read(&mut chunk).expect("read body");
-                assert!(got > 0, "closed before the whole body");
-                body.extend_from_slice(&chunk[..got]);
-            }
-            assert_eq!(
-                body.len(),
-                n,
-                "more bytes than Content-Length (pipelined data read too far)"
-            );
-        }
-        None if status == 204 || status == 304 => {}
-        None => {
-            let _ = sock.read_to_end(&mut body);
-        }
+    let mut reader = periode_kit::http::Responses::new(&mut *sock);
+    let r = reader.next_response().unwrap_or_else(|e| panic!("read a response: {e}"));
+    assert!(
+        reader.buffered().is_empty(),
+        "more bytes than Content-Length (pipelined data read too far): {:?}",
+        String::from_utf8_lossy(reader.buffered())
+    );
+    r
+}
+
+/// One keep-alive connection whose answers are read one after another: bytes read past one
+/// answer stay buffered for the next (pipelining).
+pub struct Responses {
+    /// The connection, to write requests on.
+    pub sock: TcpStream,
+    reader: periode_kit::http::Responses<TcpStream>,
+}
+
+impl Responses {
+    pub fn new(sock: TcpStream) -> Responses {
+        let reader = periode_kit::http::Responses::new(sock.try_clone().expect("clone socket"));
+        Responses { sock, reader }
     }
-    Response { status, head, body: String::from_utf8_lossy(&body).to_string() }
+
+    pub fn open(server: &Server) -> Responses {
+        Responses::new(connect(server.addr))
+    }
+
+    pub fn send(&mut self, raw: &str) {
+        self.sock.write_all(raw.as_bytes()).expect("send");
+    }
+
+    /// Bytes read past the last answer returned.
+    pub fn buffered(&self) -> &[u8] {
+        self.reader.buffered()
+    }
+
+    /// The next response (`Content-Length`-framed, or none for 204/304).
+    pub fn next_response(&mut self) -> Response {
+        self.reader.next_response().unwrap_or_else(|e| panic!("read a response: {e}"))
+    }
+
+    /// The next response, which must say its `Content-Length` (a kept connection needs it).
+    pub fn read_response(&mut self) -> Response {
+        let r = self.next_response();
+        assert!(
+            r.header("Content-Length").is_some(),
+            "keep-alive answer without Content-Length: {r:?}"
+        );
+        r
+    }
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// One SSE event as a browser would dispatch it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub id: Option<String>,
-    pub event: String,
-    pub data: String,
-    pub retry: Option<u64>,
-}
-
-impl Event {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|e| panic!("event data not JSON ({e}): {:?}", self.data))
-    }
+    periode_kit::http::find(haystack, needle)
 }
 
 /// A stream response, read chunk by chunk with a deadline, decoded into events.
@@ -410,8 +430,8 @@ pub struct Stream {
     pub sock: TcpStream,
     pub head: String,
     pub status: u16,
-    /// Bytes of the body after chunked decoding, not yet parsed into events.
-    text: Vec<u8>,
+    /// The body after chunked decoding, through the SSE oracle.
+    events: periode_kit::sse::Parser,
     /// Raw bytes read, not yet de-chunked.
     raw: Vec<u8>,
     pub chunked: bool,
@@ -421,7 +441,6 @@ pub struct Stream {
     pub eof: bool,
     /// Every de-chunked body byte, for byte-exact assertions.
     pub body: Vec<u8>,
-    pending_retry: Option<u64>,
 }
 
 impl Stream {
@@ -452,25 +471,24 @@ impl Stream {
             sock,
             head,
             status,
-            text: Vec::new(),
+            events: periode_kit::sse::Parser::new(),
             raw: buf[head_end..].to_vec(),
             chunked,
             ended: false,
             eof: false,
             body: Vec::new(),
-            pending_retry: None,
         };
         s.dechunk();
         s
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        Response { status: self.status, head: self.head.clone(), body: String::new() }.header(name)
+        periode_kit::http::header_in(&self.head, name)
     }
 
     fn dechunk(&mut self) {
         if !self.chunked {
-            self.text.extend_from_slice(&self.raw);
+            self.events.push(&self.raw);
             self.body.extend_from_slice(&self.raw);
             self.raw.clear();
             return;
@@ -498,7 +516,7 @@ impl Stream {
             if size == 0 {
                 self.ended = true;
             }
-            self.text.extend_from_slice(&data);
+            self.events.push(&data);
             self.body.extend_from_slice(&data);
         }
     }
@@ -536,44 +554,10 @@ impl Stream {
         }
     }
 
-    /// Parses one complete event out of `text`, if there is one. `retry:`-only blocks are
+    /// One complete event out of the body so far, if there is one. `retry:`-only blocks are
     /// returned as events with an empty name and the retry set.
     fn parse_one(&mut self) -> Option<Event> {
-        loop {
-            let end = find(&self.text, b"\n\n")?;
-            let block = String::from_utf8_lossy(&self.text[..end]).to_string();
-            self.text.drain(..end + 2);
-            let mut ev = Event { id: None, event: String::new(), data: String::new(), retry: None };
-            let mut has_data = false;
-            for line in block.split('\n') {
-                if line.starts_with(':') {
-                    continue;
-                }
-                let (field, value) = match line.split_once(':') {
-                    Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                    None => (line, ""),
-                };
-                match field {
-                    "id" => ev.id = Some(value.to_string()),
-                    "event" => ev.event = value.to_string(),
-                    "data" => {
-                        if has_data {
-                            ev.data.push('\n');
-                        }
-                        ev.data.push_str(value);
-                        has_data = true;
-                    }
-                    "retry" => ev.retry = value.parse().ok(),
-                    _ => {}
-                }
-            }
-            if has_data || ev.retry.is_some() {
-                if !has_data {
-                    self.pending_retry = ev.retry;
-                }
-                return Some(ev);
-            }
-        }
+        self.events.next_event()
     }
 
     /// The next event (retry-only blocks included), or None at timeout / end of stream.
@@ -632,12 +616,11 @@ impl Stream {
 
 /// Reads what the process's `/proc` says about it.
 pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+    periode_kit::procfs::status_kib(pid, field)
 }
 
 pub fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    periode_kit::procfs::fd_count(pid).unwrap_or(0)
 }
 
 pub fn db_path(dir: &Path) -> PathBuf {
