@@ -156,7 +156,7 @@ pub enum Outcome {
 /// What a handler may read.
 pub struct Ctx<'a> {
     pub store: &'a Store,
-    pub registry: &'a Registry,
+    pub registry: &'a Registry<crate::key::ConnKey>,
     pub config: &'a Config,
     pub secret: &'a crate::jwt::Key,
     pub now_ms: i64,

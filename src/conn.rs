@@ -8,6 +8,9 @@
 //!      │     ──stream──▶ Stream ──end (expiry, deactivation, shutdown)──▶ Closing
 //!      └──error / close──▶ Closing ──FIN sent, EOF or linger timeout──▶ (reaped)
 //!
+//! Each arrow is one method below (`await_commit`, `await_request`, `start_streaming`,
+//! `begin_closing`), the only places `phase` is assigned.
+//!
 //! Density matters more than anything here: an idle stream is this struct and nothing else.
 //! Bytes wait in `unsent` only while the kernel refuses them, and the request buffer exists
 //! only while a request is half-received.
@@ -109,6 +112,57 @@ impl Conn {
         }
     }
 
+    /// Request → Committing: a write waits for the group commit; reading pauses until then.
+    pub fn await_commit(&mut self) {
+        debug_assert!(matches!(self.phase, Phase::Request));
+        self.phase = Phase::Committing;
+    }
+
+    /// Request or Committing → Request: an answer is out, the next request may come.
+    pub fn await_request(&mut self) {
+        debug_assert!(matches!(self.phase, Phase::Request | Phase::Committing));
+        self.phase = Phase::Request;
+    }
+
+    /// Request → Stream. Anything the client sent after the stream request is dropped: a
+    /// stream is the last thing on its connection.
+    pub fn start_streaming(&mut self, stream: StreamState) {
+        debug_assert!(matches!(self.phase, Phase::Request));
+        self.phase = Phase::Stream(stream);
+        self.inbuf = None;
+    }
+
+    /// Any phase → Closing (FIN not yet sent); returns the stream this ends, if it was one.
+    /// A connection already closing stays as it is.
+    pub fn begin_closing(&mut self) -> Option<StreamState> {
+        let user = match &self.phase {
+            Phase::Closing { .. } => return None,
+            Phase::Stream(stream) => Some(stream.user),
+            Phase::Request | Phase::Committing => None,
+        };
+        self.inbuf = None;
+        match std::mem::replace(&mut self.phase, Phase::Closing { user, fin_sent: false }) {
+            Phase::Stream(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Closing with everything flushed: sends FIN once. Returns whether the connection is
+    /// over (FIN sent and the client's EOF seen), so nothing is left to linger for.
+    pub fn fin_if_flushed(&mut self) -> bool {
+        if self.unsent.is_some() {
+            return false;
+        }
+        let Phase::Closing { fin_sent, .. } = &mut self.phase else {
+            return false;
+        };
+        if !*fin_sent {
+            *fin_sent = true;
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        }
+        self.peer_closed
+    }
+
     pub fn stream_user(&self) -> Option<UserId> {
         match &self.phase {
             Phase::Stream(s) => Some(s.user),
@@ -168,11 +222,6 @@ impl Conn {
             }
         }
         WriteOutcome::Done
-    }
-
-    /// Half-closes: the client sees the end of the response.
-    pub fn send_fin(&mut self) {
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
 
     /// Bytes the kernel still holds for this socket (sent or not, not yet acknowledged).
