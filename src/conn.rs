@@ -19,6 +19,8 @@ use crate::domain::UserId;
 use crate::metrics::CloseReason;
 use mio::net::TcpStream;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 pub enum Phase {
     /// Waiting for a request, or reading one.
@@ -47,6 +49,55 @@ pub struct StreamState {
 pub struct InBuf {
     pub bytes: Vec<u8>,
     pub started_ms: u64,
+    /// This buffer's share of the server-wide counts, given back when it is dropped.
+    pub held: HeldBytes,
+}
+
+/// Server-wide counts of request buffers, shared by every `InBuf`.
+#[derive(Default)]
+pub struct HeldCounters {
+    /// Bytes held now by requests whose head is not complete: clients not yet authorized.
+    unauthorized: AtomicUsize,
+    /// Bytes of request buffers dropped so far (wrapping): when many have gone, the server
+    /// asks the allocator to give memory back.
+    released: AtomicUsize,
+}
+
+impl HeldCounters {
+    pub fn unauthorized(&self) -> usize {
+        self.unauthorized.load(Ordering::Relaxed)
+    }
+
+    pub fn released(&self) -> usize {
+        self.released.load(Ordering::Relaxed)
+    }
+}
+
+/// One buffer's bytes in `HeldCounters`. Counted through `Drop`, so every way a buffer goes
+/// (the request completes, the connection closes or starts a stream, a timeout) gives its
+/// share back without each of them having to remember.
+pub struct HeldBytes {
+    counters: Arc<HeldCounters>,
+    bytes: usize,
+    unauthorized: bool,
+}
+
+impl HeldBytes {
+    pub fn new(counters: &Arc<HeldCounters>, bytes: usize, unauthorized: bool) -> HeldBytes {
+        if unauthorized {
+            counters.unauthorized.fetch_add(bytes, Ordering::Relaxed);
+        }
+        HeldBytes { counters: Arc::clone(counters), bytes, unauthorized }
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        if self.unauthorized {
+            self.counters.unauthorized.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+        self.counters.released.fetch_add(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// Bytes the kernel would not take yet.
@@ -55,8 +106,6 @@ pub struct Unsent {
     pub from: usize,
     /// When the backlog first went over the soft cap (monotonic ms), if it is over now.
     pub over_soft_since: Option<u64>,
-    /// Bytes of this backlog exempt from the slow-consumer limits (a stream's opening).
-    pub allowance: usize,
 }
 
 impl Unsent {

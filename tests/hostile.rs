@@ -1744,7 +1744,7 @@ fn jwt_leeway_edges() {
     let r = request(
         server.addr,
         &format!(
-            "GET {HEALTH} HTTP/1.1\r\nAuthorization: bearer {}\r\nConnection: close\r\n\r\n",
+            "GET {HEALTH} HTTP/1.1\r\nHost: t\r\nAuthorization: bearer {}\r\nConnection: close\r\n\r\n",
             server.token(USER)
         ),
     );

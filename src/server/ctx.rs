@@ -53,6 +53,13 @@ pub(super) struct Ctx {
     /// Connections marked to close: removed at the reap.
     pub(super) to_close: Vec<ConnKey>,
     pub(super) shutdown_deadline: Option<u64>,
+    /// Bytes held by requests whose head has not fully arrived (see `HeldBytes`).
+    pub(super) held: std::sync::Arc<crate::conn::HeldCounters>,
+    /// Request buffer bytes released since the allocator was last asked to give memory back.
+    released_at_last_trim: usize,
+    /// The `Date` of every answer: formatted once per second, not per response.
+    date: String,
+    date_second: i64,
     rng: u64,
 }
 
@@ -84,6 +91,10 @@ impl Ctx {
             ended: Vec::new(),
             to_close: Vec::new(),
             shutdown_deadline: None,
+            held: Default::default(),
+            released_at_last_trim: 0,
+            date: crate::time::imf_fixdate(0),
+            date_second: 0,
             rng: seed_rng(),
         }
     }
@@ -92,6 +103,36 @@ impl Ctx {
         let epoch_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         Now { mono_ms: self.started.elapsed().as_millis() as u64, epoch_ms }
+    }
+
+    /// Re-formats the `Date` field when the second has changed (called once per turn).
+    pub(super) fn refresh_date(&mut self, now: Now) {
+        let second = now.epoch_ms.div_euclid(1000);
+        if second != self.date_second {
+            self.date_second = second;
+            self.date = crate::time::imf_fixdate(second * 1000);
+        }
+    }
+
+    pub(super) fn date(&self) -> &[u8] {
+        self.date.as_bytes()
+    }
+
+    /// After many request buffers have gone (a burst of half-received requests), asks the
+    /// allocator to hand the freed memory back to the system: glibc keeps it otherwise, and
+    /// a burst of 1000 clients would stay in the RSS after they left.
+    pub(super) fn give_memory_back(&mut self) {
+        const TRIM_AFTER_BYTES: usize = 4 << 20;
+        let released = self.held.released();
+        if released.wrapping_sub(self.released_at_last_trim) < TRIM_AFTER_BYTES {
+            return;
+        }
+        self.released_at_last_trim = released;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     pub(super) fn shutting_down(&self) -> bool {

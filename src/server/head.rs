@@ -26,15 +26,18 @@ pub(super) struct Cors<'a> {
     pub(super) vary: bool,
 }
 
-/// Appends a whole head: status line, `fields` in order, the CORS fields, then the framing.
+/// Appends a whole head: status line, `Date` (RFC 9110 §6.6.1: an origin server with a
+/// clock sends it on every answer), `fields` in order, the CORS fields, then the framing.
 pub(super) fn write_head(
     out: &mut Vec<u8>,
     status: u16,
+    date: &[u8],
     fields: &[(&str, &[u8])],
     cors: Cors<'_>,
     framing: Framing,
 ) {
     http::start_head(out, status);
+    http::header(out, "Date", date);
     for (name, value) in fields {
         http::header(out, name, value);
     }
@@ -63,24 +66,33 @@ mod tests {
     fn heads() {
         let mut out = Vec::new();
         let cors = Cors { allowed_origin: Some(b"http://a"), vary: true };
+        let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
         write_head(
             &mut out,
             200,
+            date,
             &[("Content-Type", b"text/event-stream")],
             cors,
             Framing::Stream { chunked: true },
         );
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: text/event-stream\r\n\
              Access-Control-Allow-Origin: http://a\r\nVary: Origin\r\n\
              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
         out.clear();
-        write_head(&mut out, 404, &[], Cors::default(), Framing::Length(7, Persistence::Close));
+        write_head(
+            &mut out,
+            404,
+            date,
+            &[],
+            Cors::default(),
+            Framing::Length(7, Persistence::Close),
+        );
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 7\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 404 Not Found\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 7\r\nConnection: close\r\n\r\n"
         );
     }
 }

@@ -40,7 +40,7 @@ use crate::sse;
 use crate::store::Store;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io;
@@ -111,7 +111,10 @@ impl Server {
         let poll = Poll::new()?;
         let mut listener = bind_listener(config.listen)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        // SIGHUP, SIGUSR1 and SIGUSR2 would kill the process by default, cutting every stream
+        // without its last chunk: they are caught and logged instead (logs go to stderr, so
+        // there is no log file for SIGHUP to reopen).
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(Server {
             poll,
@@ -155,6 +158,7 @@ impl Server {
                 }
             }
             let now = self.ctx.now();
+            self.ctx.refresh_date(now);
             // This turn's log lines leave in one write when the turn ends.
             let _log_batch = crate::logging::batch();
             self.ctx.heartbeat_frame = None;
@@ -297,7 +301,8 @@ impl Server {
                     self.out_of_fds_logged = false;
                     if self.conns.len() >= self.ctx.max_conns {
                         self.ctx.metrics.count_disconnect(CloseReason::Refused);
-                        refuse(sock, "the server is at its connection limit (--max-conns)");
+                        let why = "the server is at its connection limit (--max-conns)";
+                        refuse(sock, self.ctx.date(), why);
                         continue;
                     }
                     self.admit(sock, now);
@@ -332,7 +337,7 @@ impl Server {
         if self.spare_fd.take().is_some() {
             if let Some(Ok((sock, _))) = self.listener.as_ref().map(|l| l.accept()) {
                 self.ctx.metrics.count_disconnect(CloseReason::Refused);
-                refuse(sock, "the server is out of file descriptors");
+                refuse(sock, self.ctx.date(), "the server is out of file descriptors");
                 self.accept_more = true;
             }
             self.spare_fd = std::fs::File::open("/dev/null").ok();
@@ -365,8 +370,12 @@ impl Server {
     fn on_signal(&mut self, now: Now) {
         let mut stop = false;
         for signal in self.signals.pending() {
-            if signal == SIGINT || signal == SIGTERM {
-                stop = true;
+            match signal {
+                SIGINT | SIGTERM => stop = true,
+                SIGHUP => log::info!(
+                    "SIGHUP: nothing to reload or reopen (logs go to stderr); carrying on"
+                ),
+                _ => log::info!("signal {signal} ignored; SIGTERM or SIGINT stops the server"),
             }
         }
         if stop && self.ctx.shutdown_deadline.is_none() {
@@ -501,6 +510,7 @@ impl Server {
         }
         self.ctx.to_close = to_close;
         self.ctx.conns_open = self.conns.len();
+        self.ctx.give_memory_back();
     }
 }
 
@@ -509,13 +519,14 @@ fn is_out_of_fds(e: &io::Error) -> bool {
 }
 
 /// Best effort: one non-blocking write of a 503, then close.
-fn refuse(mut sock: TcpStream, message: &str) {
+fn refuse(mut sock: TcpStream, date: &[u8], message: &str) {
     use std::io::Write;
     let body = http::error_body("unavailable", message);
     let mut out = Vec::with_capacity(160 + body.len());
     head::write_head(
         &mut out,
         503,
+        date,
         &[("Content-Type", b"application/json")],
         head::Cors::default(),
         head::Framing::Length(body.len(), http::Persistence::Close),

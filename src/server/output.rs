@@ -16,19 +16,6 @@ pub(super) fn send(
     bytes: &[u8],
     now: Now,
 ) -> Result<(), CloseReason> {
-    send_with_allowance(conn, ctx, bytes, 0, now)
-}
-
-/// `send`, where the first `allowance` bytes of a new backlog do not count toward the
-/// slow-consumer limits: a stream's opening may replay up to the kept notifications at
-/// once, and a client must not be cut (and reconnect, and be cut again) for asking.
-pub(super) fn send_with_allowance(
-    conn: &mut Conn,
-    ctx: &mut Ctx,
-    bytes: &[u8],
-    allowance: usize,
-    now: Now,
-) -> Result<(), CloseReason> {
     if conn.doomed.is_some() || bytes.is_empty() {
         return Ok(());
     }
@@ -48,7 +35,6 @@ pub(super) fn send_with_allowance(
                 bytes: bytes[n..].to_vec(),
                 from: 0,
                 over_soft_since: None,
-                allowance,
             }));
             check_backlog(conn, now)
         }
@@ -104,8 +90,7 @@ pub(super) fn check_backlog(conn: &mut Conn, now: Now) -> Result<(), CloseReason
     let Some(unsent) = conn.unsent.as_mut() else {
         return Ok(());
     };
-    // The allowance lasts until this backlog has drained (then `unsent` is dropped).
-    let total = (unsent.len() + kernel).saturating_sub(unsent.allowance);
+    let total = unsent.len() + kernel;
     let over_hard = total > HARD_UNSENT_BYTES;
     let over_soft_too_long = if total > SOFT_UNSENT_BYTES {
         let since = *unsent.over_soft_since.get_or_insert(now.mono_ms);

@@ -12,8 +12,12 @@ use super::output;
 use super::streams;
 use super::verdict::Verdict;
 use super::{IO_BUDGET_PER_TURN, KEEP_ALIVE_TIMEOUT_MS, READ_CHUNK, REQUEST_TIMEOUT_MS};
+
+/// What all half-received request heads together may hold: a few thousand slow clients'
+/// worth (a head is at most 8 KiB). Bodies are held only once their head is authorized.
+const MAX_UNAUTHORIZED_BYTES: usize = 16 << 20;
 use crate::api::{self, Outcome};
-use crate::conn::{Conn, InBuf, Phase, ReadOutcome};
+use crate::conn::{Conn, HeldBytes, InBuf, Phase, ReadOutcome};
 use crate::http::{self, Parse, Request};
 use crate::key::ConnKey;
 use crate::metrics::CloseReason;
@@ -28,6 +32,8 @@ pub(super) struct Reply {
     /// The token came in the query string: nothing may cache the answer.
     pub(super) token_in_query: bool,
     pub(super) route: &'static str,
+    /// A HEAD request: the answer's head as GET's would be, and no body.
+    pub(super) head_only: bool,
 }
 
 impl Reply {
@@ -179,20 +185,26 @@ pub(super) fn read_requests(
             Verdict::Continue if matches!(conn.phase, Phase::Request) => {
                 Verdict::Finish(CloseReason::ClientGone)
             }
+            // The EOF came with the stream request: the stream is over before it began, and
+            // must not be counted (health, per-user limit) until a heartbeat finds out.
+            Verdict::Continue if matches!(conn.phase, Phase::Stream(_)) => {
+                Verdict::Close(CloseReason::ClientGone)
+            }
             other => other,
         }
     } else {
         if reading && !rest.is_empty() {
-            let started =
-                if consumed == 0 { started_ms.unwrap_or(now.mono_ms) } else { now.mono_ms };
-            conn.inbuf = Some(Box::new(InBuf { bytes: rest.to_vec(), started_ms: started }));
-            if matches!(verdict, Verdict::Continue) {
-                ctx.wheel.schedule(key, started + REQUEST_TIMEOUT_MS);
+            hold_rest(conn, key, ctx, rest, consumed, started_ms, &verdict, now).unwrap_or(
+                match verdict {
+                    Verdict::Continue if cut_short => Verdict::Again,
+                    other => other,
+                },
+            )
+        } else {
+            match verdict {
+                Verdict::Continue if cut_short && reading => Verdict::Again,
+                other => other,
             }
-        }
-        match verdict {
-            Verdict::Continue if cut_short && reading => Verdict::Again,
-            other => other,
         }
     };
     // Give the scratch back (keeping its capacity, not the conn's buffer's).
@@ -201,6 +213,43 @@ pub(super) fn read_requests(
         ctx.scratch_in = buf;
     }
     verdict
+}
+
+/// Keeps the start of a request that has not fully arrived. A head still incomplete is
+/// not authorized yet: all of those together may hold at most `MAX_UNAUTHORIZED_BYTES`,
+/// past which the newcomer is answered 503 instead of being held. Returns a verdict only
+/// when it refuses.
+#[allow(clippy::too_many_arguments)]
+fn hold_rest(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    rest: &[u8],
+    consumed: usize,
+    started_ms: Option<u64>,
+    verdict: &Verdict,
+    now: Now,
+) -> Option<Verdict> {
+    let unauthorized = http::parse_head(rest).is_none();
+    // Behind a write, the bytes are already read and must be kept: its client is
+    // authorized, and they are served once the write is answered.
+    let over = ctx.held.unauthorized() + rest.len() > MAX_UNAUTHORIZED_BYTES;
+    if unauthorized && over && !matches!(verdict, Verdict::Commit(..)) {
+        log::warn!("too many half-received requests held: answering a new one 503");
+        let response = api::Response::error(
+            503,
+            "unavailable",
+            "too many requests are half-received; try again",
+        );
+        return Some(respond(conn, key, ctx, &response, &Reply::invalid(), now));
+    }
+    let started = if consumed == 0 { started_ms.unwrap_or(now.mono_ms) } else { now.mono_ms };
+    let held = HeldBytes::new(&ctx.held, rest.len(), unauthorized);
+    conn.inbuf = Some(Box::new(InBuf { bytes: rest.to_vec(), started_ms: started, held }));
+    if matches!(verdict, Verdict::Continue) {
+        ctx.wheel.schedule(key, started + REQUEST_TIMEOUT_MS);
+    }
+    None
 }
 
 /// Parses and serves every complete request at the front of `buf`, until one of them needs
@@ -216,7 +265,14 @@ fn serve_buffered(
     let mut used = 0;
     while used < buf.len() && matches!(conn.phase, Phase::Request) {
         match http::parse_request(&buf[used..]) {
-            Parse::Partial => break,
+            Parse::Partial => {
+                if let Some(head) = http::parse_head(&buf[used..]) {
+                    if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, now) {
+                        return (buf.len(), verdict);
+                    }
+                }
+                break;
+            }
             Parse::Reject(rejection) => {
                 let response =
                     api::Response::error(rejection.status, rejection.code, rejection.message);
@@ -246,7 +302,18 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
         allowed_origin,
         token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
         route: route.label(),
+        head_only: request.method == http::Method::Head,
     };
+    if !request.host_is_valid() {
+        return respond(
+            conn,
+            key,
+            ctx,
+            &missing_host(),
+            &Reply { keep_alive: false, ..reply },
+            now,
+        );
+    }
     let outcome = {
         let gauges = ctx.gauges();
         let metrics = &ctx.metrics;
@@ -267,6 +334,51 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
         Outcome::Stream(start) => streams::start(conn, key, ctx, request, start, &reply, now),
         Outcome::Write(op) => Verdict::Commit(op, reply),
     }
+}
+
+fn missing_host() -> api::Response {
+    api::Response::error(400, "bad_request", "an HTTP/1.1 request needs exactly one Host header")
+}
+
+/// A request whose head has come but whose body has not: answered now when the head
+/// settles it (no Host, unknown path, wrong method, no valid token), so that its body is
+/// never held. The connection then closes: the body that may still come is read and
+/// dropped while it lingers.
+fn refuse_from_head(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    request: &Request<'_>,
+    now: Now,
+) -> Option<Verdict> {
+    let reply = Reply {
+        keep_alive: false,
+        http10: request.http10,
+        allowed_origin: match request.origin {
+            Some(origin) if ctx.config.cors.allows(origin) => Some(origin.to_vec()),
+            _ => None,
+        },
+        token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
+        route: api::Route::of(request.path).label(),
+        head_only: request.method == http::Method::Head,
+    };
+    let response = if request.host_is_valid() {
+        let gauges = ctx.gauges();
+        let metrics = &ctx.metrics;
+        let render = move || metrics.render(&gauges);
+        let api_ctx = api::Ctx {
+            store: &ctx.store,
+            registry: &ctx.registry,
+            config: &ctx.config,
+            secret: &ctx.secret,
+            now_ms: now.epoch_ms,
+            render_metrics: &render,
+        };
+        api::refuse_from_head(request, &api_ctx)?
+    } else {
+        missing_host()
+    };
+    Some(respond(conn, key, ctx, &response, &reply, now))
 }
 
 pub(super) fn respond(
@@ -301,11 +413,14 @@ pub(super) fn respond(
     head::write_head(
         &mut out,
         response.status,
+        ctx.date(),
         &fields[..n],
         reply.cors(ctx),
         Framing::Length(response.body.len(), reply.persistence()),
     );
-    out.extend_from_slice(response.body.as_bytes());
+    if !reply.head_only {
+        out.extend_from_slice(response.body.as_bytes());
+    }
     let sent = output::send(conn, ctx, &out, now);
     ctx.scratch_out = out;
     match sent {
@@ -331,11 +446,20 @@ fn respond_preflight(
             ("Access-Control-Allow-Headers", b"Authorization, Content-Type, Last-Event-ID"),
             ("Access-Control-Max-Age", b"600"),
         ];
-        head::write_head(&mut out, 204, &fields, reply.cors(ctx), Framing::Length(0, persistence));
+        let date = ctx.date();
+        head::write_head(
+            &mut out,
+            204,
+            date,
+            &fields,
+            reply.cors(ctx),
+            Framing::Length(0, persistence),
+        );
     } else {
         head::write_head(
             &mut out,
             204,
+            ctx.date(),
             &[],
             head::Cors::default(),
             Framing::Length(0, persistence),

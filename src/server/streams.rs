@@ -39,7 +39,18 @@ pub(super) fn start(
         ("Cache-Control", cache),
         ("X-Accel-Buffering", b"no"),
     ];
-    head::write_head(&mut out, 200, &fields, reply.cors(ctx), Framing::Stream { chunked });
+    let date = ctx.date();
+    head::write_head(&mut out, 200, date, &fields, reply.cors(ctx), Framing::Stream { chunked });
+    if reply.head_only {
+        // HEAD: the stream's head and nothing else; the connection ends as a stream's would.
+        ctx.metrics.count_request(reply.route, 200);
+        let sent = output::send(conn, ctx, &out, now);
+        ctx.scratch_out = out;
+        return match sent {
+            Ok(()) => Verdict::Finish(CloseReason::Finished),
+            Err(reason) => Verdict::Close(reason),
+        };
+    }
     let events = match encode_opening(ctx, &mut out, &start, chunked, now) {
         Ok(events) => events,
         Err(e) => {
@@ -67,7 +78,9 @@ pub(super) fn start(
     ctx.metrics.events_connected += 1;
     ctx.metrics.events_notification += events;
     log::info!("SSE client connected for user {} ({} open)", start.user, open);
-    let sent = output::send_with_allowance(conn, ctx, &out, out.len(), now);
+    // The opening counts toward the slow-consumer limit like everything else (SPEC §5): a
+    // full replay of the kept notifications is about 200 KiB, under the 256 KiB limit.
+    let sent = output::send(conn, ctx, &out, now);
     ctx.scratch_out = out;
     match sent {
         Ok(()) => Verdict::Continue,
