@@ -67,22 +67,22 @@ fn apply_all(
 /// the streams of users it deactivated; then queues each writer to be read again.
 pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, now: Now) {
     let Completion { writes, outcome } = done;
-    let results: Vec<Option<Applied>> = match outcome {
+    let (results, failure): (Vec<Option<Applied>>, _) = match outcome {
         Ok(results) => {
             ctx.metrics.count_commit(writes.len());
-            results.into_iter().map(Some).collect()
+            (results.into_iter().map(Some).collect(), (500, "storage_error"))
         }
         Err(e) => {
             ctx.metrics.commit_failures += 1;
             log::error!("commit of {} writes failed, none stored: {e}", writes.len());
-            writes.iter().map(|_| None).collect()
+            (writes.iter().map(|_| None).collect(), api::storage_status(&e))
         }
     };
     for (write, applied) in writes.into_iter().zip(results) {
         let applied = applied.unwrap_or_else(|| Applied {
             response: api::Response::error(
-                500,
-                "storage_error",
+                failure.0,
+                failure.1,
                 "the write could not be committed; nothing was stored",
             ),
             notification: None,
