@@ -376,6 +376,12 @@ fn stream(req: &Request<'_>, claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Outco
         Some(header) => parse_event_id(header),
         None => http::query_param(req.query, "lastEventId").and_then(|v| parse_event_id(&v)),
     };
+    // An id above the latest stored one was seen on a database since restored from a
+    // backup: the client converges through a snapshot (SPEC §4).
+    let last_event_id = match last_event_id {
+        Some(k) if k > ctx.store.last_notification_id(claims.user).map_err(storage_error)? => None,
+        other => other,
+    };
     let resume = last_event_id.map_or(Resume::Snapshot, Resume::After);
     Ok(Outcome::Stream(StreamStart { user: claims.user, expires_at: claims.expires_at, resume }))
 }
