@@ -81,7 +81,7 @@ impl Route {
             | Route::Stream
             | Route::Metrics
             | Route::Page
-            | Route::Unknown => (Method::Get, "GET, OPTIONS"),
+            | Route::Unknown => (Method::Get, "GET, HEAD, OPTIONS"),
             Route::Transactions => (Method::Post, "POST, OPTIONS"),
             Route::Limit | Route::AdminUser => (Method::Put, "PUT, OPTIONS"),
         }
@@ -156,7 +156,7 @@ pub enum Outcome {
 /// What a handler may read.
 pub struct Ctx<'a> {
     pub store: &'a Store,
-    pub registry: &'a Registry,
+    pub registry: &'a Registry<crate::key::ConnKey>,
     pub config: &'a Config,
     pub secret: &'a crate::jwt::Key,
     pub now_ms: i64,
@@ -176,23 +176,23 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
         return Ok(Outcome::Preflight);
     }
     let route = Route::of(req.path);
-    if route == Route::Unknown {
-        return Err(Response::error(404, "not_found", "no such endpoint"));
-    }
-    let (method, allow) = route.allowed();
-    if req.method != method {
-        let mut response =
-            Response::error(405, "method_not_allowed", "this endpoint does not take that method");
-        response.allow = Some(allow);
-        return Err(response);
-    }
     if route == Route::Page {
+        let (method, allow) = route.allowed();
+        if req.method != method && req.method != Method::Head {
+            let mut response = Response::error(
+                405,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            );
+            response.allow = Some(allow);
+            return Err(response);
+        }
         // The page holds no data: it asks for a token and uses the API like any client.
         let mut response = Response::json(200, PAGE_HTML.to_string());
         response.content_type = "text/html; charset=utf-8";
         return Ok(Outcome::Respond(response));
     }
-    let claims = authenticate(req, ctx)?;
+    let claims = handle_inner_checks(req, ctx, route)?;
     match route {
         Route::Health => Ok(Outcome::Respond(health(claims.user, ctx))),
         Route::Status => status(claims.user, ctx).map(Outcome::Respond),
@@ -208,6 +208,41 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
         }
         Route::Page | Route::Unknown => Err(Response::error(404, "not_found", "no such endpoint")),
     }
+}
+
+/// The answer to a request whose head has arrived but whose body has not, when the head
+/// alone settles it: unknown path, wrong method, or no valid token (SPEC §5: a request that
+/// cannot be authorized is answered from its head, and its body is never held). `None`
+/// means the body is needed. Runs the same checks, in the same order, as `handle`.
+pub fn refuse_from_head(req: &Request<'_>, ctx: &Ctx<'_>) -> Option<Response> {
+    if req.method == Method::Options {
+        return None;
+    }
+    let route = Route::of(req.path);
+    if route == Route::Page {
+        return None;
+    }
+    handle_inner_checks(req, ctx, route).err()
+}
+
+/// Routing, method and authentication: everything but the body.
+fn handle_inner_checks(
+    req: &Request<'_>,
+    ctx: &Ctx<'_>,
+    route: Route,
+) -> Result<jwt::Claims, Response> {
+    if route == Route::Unknown {
+        return Err(Response::error(404, "not_found", "no such endpoint"));
+    }
+    let (method, allow) = route.allowed();
+    let as_method = if req.method == Method::Head { Method::Get } else { req.method };
+    if as_method != method {
+        let mut response =
+            Response::error(405, "method_not_allowed", "this endpoint does not take that method");
+        response.allow = Some(allow);
+        return Err(response);
+    }
+    authenticate(req, ctx)
 }
 
 /// Where the token came from: the header, or (for browsers) the query string.
@@ -267,11 +302,35 @@ fn require_admin(claims: jwt::Claims) -> Result<(), Response> {
 
 pub fn storage_error(e: crate::store::StoreError) -> Response {
     log::error!("{e}");
-    Response::error(
-        500,
-        "storage_error",
-        "the database could not be read or written; see the server log",
-    )
+    let (status, code) = storage_status(&e);
+    Response::error(status, code, "the database could not be read or written; see the server log")
+}
+
+/// SPEC §5: a database that is unreachable, read-only or gone answers `503
+/// storage_unavailable`, a full disk `507 insufficient_storage`; anything else is a 500.
+pub fn storage_status(e: &crate::store::StoreError) -> (u16, &'static str) {
+    use crate::store::StoreError;
+    use rusqlite::ErrorCode;
+    const UNAVAILABLE: (u16, &str) = (503, "storage_unavailable");
+    const FULL: (u16, &str) = (507, "insufficient_storage");
+    match e {
+        // The store's own variants for these (unavailable, full) get their arms here when
+        // they land; until then SQLite's result codes say the same.
+        StoreError::Sql(rusqlite::Error::SqliteFailure(failure, _))
+        | StoreError::Open(_, rusqlite::Error::SqliteFailure(failure, _)) => match failure.code {
+            ErrorCode::DiskFull => FULL,
+            ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::PermissionDenied
+            | ErrorCode::NotADatabase
+            | ErrorCode::DatabaseCorrupt => UNAVAILABLE,
+            _ => (500, "storage_error"),
+        },
+        _ => (500, "storage_error"),
+    }
 }
 
 fn health(user: UserId, ctx: &Ctx<'_>) -> Response {
@@ -316,6 +375,12 @@ fn stream(req: &Request<'_>, claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Outco
     let last_event_id = match req.last_event_id {
         Some(header) => parse_event_id(header),
         None => http::query_param(req.query, "lastEventId").and_then(|v| parse_event_id(&v)),
+    };
+    // An id above the latest stored one was seen on a database since restored from a
+    // backup: the client converges through a snapshot (SPEC §4).
+    let last_event_id = match last_event_id {
+        Some(k) if k > ctx.store.last_notification_id(claims.user).map_err(storage_error)? => None,
+        other => other,
     };
     let resume = last_event_id.map_or(Resume::Snapshot, Resume::After);
     Ok(Outcome::Stream(StreamStart { user: claims.user, expires_at: claims.expires_at, resume }))

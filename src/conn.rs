@@ -8,6 +8,9 @@
 //!      │     ──stream──▶ Stream ──end (expiry, deactivation, shutdown)──▶ Closing
 //!      └──error / close──▶ Closing ──FIN sent, EOF or linger timeout──▶ (reaped)
 //!
+//! Each arrow is one method below (`await_commit`, `await_request`, `start_streaming`,
+//! `begin_closing`), the only places `phase` is assigned.
+//!
 //! Density matters more than anything here: an idle stream is this struct and nothing else.
 //! Bytes wait in `unsent` only while the kernel refuses them, and the request buffer exists
 //! only while a request is half-received.
@@ -16,6 +19,8 @@ use crate::domain::UserId;
 use crate::metrics::CloseReason;
 use mio::net::TcpStream;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 pub enum Phase {
     /// Waiting for a request, or reading one.
@@ -44,6 +49,55 @@ pub struct StreamState {
 pub struct InBuf {
     pub bytes: Vec<u8>,
     pub started_ms: u64,
+    /// This buffer's share of the server-wide counts, given back when it is dropped.
+    pub held: HeldBytes,
+}
+
+/// Server-wide counts of request buffers, shared by every `InBuf`.
+#[derive(Default)]
+pub struct HeldCounters {
+    /// Bytes held now by requests whose head is not complete: clients not yet authorized.
+    unauthorized: AtomicUsize,
+    /// Bytes of request buffers dropped so far (wrapping): when many have gone, the server
+    /// asks the allocator to give memory back.
+    released: AtomicUsize,
+}
+
+impl HeldCounters {
+    pub fn unauthorized(&self) -> usize {
+        self.unauthorized.load(Ordering::Relaxed)
+    }
+
+    pub fn released(&self) -> usize {
+        self.released.load(Ordering::Relaxed)
+    }
+}
+
+/// One buffer's bytes in `HeldCounters`. Counted through `Drop`, so every way a buffer goes
+/// (the request completes, the connection closes or starts a stream, a timeout) gives its
+/// share back without each of them having to remember.
+pub struct HeldBytes {
+    counters: Arc<HeldCounters>,
+    bytes: usize,
+    unauthorized: bool,
+}
+
+impl HeldBytes {
+    pub fn new(counters: &Arc<HeldCounters>, bytes: usize, unauthorized: bool) -> HeldBytes {
+        if unauthorized {
+            counters.unauthorized.fetch_add(bytes, Ordering::Relaxed);
+        }
+        HeldBytes { counters: Arc::clone(counters), bytes, unauthorized }
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        if self.unauthorized {
+            self.counters.unauthorized.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+        self.counters.released.fetch_add(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// Bytes the kernel would not take yet.
@@ -52,8 +106,6 @@ pub struct Unsent {
     pub from: usize,
     /// When the backlog first went over the soft cap (monotonic ms), if it is over now.
     pub over_soft_since: Option<u64>,
-    /// Bytes of this backlog exempt from the slow-consumer limits (a stream's opening).
-    pub allowance: usize,
 }
 
 impl Unsent {
@@ -107,6 +159,57 @@ impl Conn {
             doomed: None,
             peer_closed: false,
         }
+    }
+
+    /// Request → Committing: a write waits for the group commit; reading pauses until then.
+    pub fn await_commit(&mut self) {
+        debug_assert!(matches!(self.phase, Phase::Request));
+        self.phase = Phase::Committing;
+    }
+
+    /// Request or Committing → Request: an answer is out, the next request may come.
+    pub fn await_request(&mut self) {
+        debug_assert!(matches!(self.phase, Phase::Request | Phase::Committing));
+        self.phase = Phase::Request;
+    }
+
+    /// Request → Stream. Anything the client sent after the stream request is dropped: a
+    /// stream is the last thing on its connection.
+    pub fn start_streaming(&mut self, stream: StreamState) {
+        debug_assert!(matches!(self.phase, Phase::Request));
+        self.phase = Phase::Stream(stream);
+        self.inbuf = None;
+    }
+
+    /// Any phase → Closing (FIN not yet sent); returns the stream this ends, if it was one.
+    /// A connection already closing stays as it is.
+    pub fn begin_closing(&mut self) -> Option<StreamState> {
+        let user = match &self.phase {
+            Phase::Closing { .. } => return None,
+            Phase::Stream(stream) => Some(stream.user),
+            Phase::Request | Phase::Committing => None,
+        };
+        self.inbuf = None;
+        match std::mem::replace(&mut self.phase, Phase::Closing { user, fin_sent: false }) {
+            Phase::Stream(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Closing with everything flushed: sends FIN once. Returns whether the connection is
+    /// over (FIN sent and the client's EOF seen), so nothing is left to linger for.
+    pub fn fin_if_flushed(&mut self) -> bool {
+        if self.unsent.is_some() {
+            return false;
+        }
+        let Phase::Closing { fin_sent, .. } = &mut self.phase else {
+            return false;
+        };
+        if !*fin_sent {
+            *fin_sent = true;
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        }
+        self.peer_closed
     }
 
     pub fn stream_user(&self) -> Option<UserId> {
@@ -168,11 +271,6 @@ impl Conn {
             }
         }
         WriteOutcome::Done
-    }
-
-    /// Half-closes: the client sees the end of the response.
-    pub fn send_fin(&mut self) {
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
 
     /// Bytes the kernel still holds for this socket (sent or not, not yet acknowledged).

@@ -37,7 +37,17 @@ pub struct Request<'a> {
     pub authorization: Option<&'a [u8]>,
     pub last_event_id: Option<&'a [u8]>,
     pub origin: Option<&'a [u8]>,
+    /// How many `Host` headers came (saturating): RFC 9112 §3.2 wants exactly one from an
+    /// HTTP/1.1 client. The parser reads the request either way; the server answers 400.
+    pub hosts: u8,
     pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; HTTP/1.0 may omit it.
+    pub fn host_is_valid(&self) -> bool {
+        self.hosts == 1 || (self.http10 && self.hosts == 0)
+    }
 }
 
 /// Why a request cannot be served; answered with `status` and then the connection closes.
@@ -77,49 +87,80 @@ const TWO_AUTHORIZATIONS: Rejection =
 const BAD_VERSION: Rejection = reject(400, "bad_request", "only HTTP/1.0 and HTTP/1.1 are served");
 
 pub fn parse_request(buf: &[u8]) -> Parse<'_> {
+    match parse_parts(buf) {
+        Parts::Done(parse) => parse,
+        Parts::HeadOnly(_) => Parse::Partial,
+    }
+}
+
+/// The head of a request whose body has not fully arrived (its `body` is empty); `None` when
+/// the head itself is not complete, or `parse_request` would refuse it. A request that
+/// cannot be authorized is answered from this, without waiting for (or holding) its body.
+pub fn parse_head(buf: &[u8]) -> Option<Request<'_>> {
+    match parse_parts(buf) {
+        Parts::HeadOnly(request) => Some(request),
+        Parts::Done(_) => None,
+    }
+}
+
+enum Parts<'a> {
+    Done(Parse<'a>),
+    /// The head is whole and valid; the body is still coming.
+    HeadOnly(Request<'a>),
+}
+
+fn parse_parts(buf: &[u8]) -> Parts<'_> {
+    match parse_whole(buf) {
+        Ok(parts) => parts,
+        Err(rejection) => Parts::Done(Parse::Reject(rejection)),
+    }
+}
+
+fn parse_whole(buf: &[u8]) -> Result<Parts<'_>, Rejection> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD_BYTES {
-                Parse::Reject(HEAD_TOO_LARGE)
+                Err(HEAD_TOO_LARGE)
             } else {
-                Parse::Partial
+                Ok(Parts::Done(Parse::Partial))
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Parse::Reject(TOO_MANY_HEADERS),
-        Err(_) => return Parse::Reject(MALFORMED),
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_HEADERS),
+        Err(_) => return Err(MALFORMED),
     };
     if head_len > MAX_HEAD_BYTES {
-        return Parse::Reject(HEAD_TOO_LARGE);
+        return Err(HEAD_TOO_LARGE);
     }
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Parse::Reject(MALFORMED);
+        return Err(MALFORMED);
     };
     if version > 1 {
-        return Parse::Reject(BAD_VERSION);
+        return Err(BAD_VERSION);
     }
     let http10 = version == 0;
     let mut keep_alive = !http10;
     let mut content_length: Option<usize> = None;
     let (mut authorization, mut last_event_id, mut origin) = (None, None, None);
+    let mut hosts: u8 = 0;
     for h in req.headers.iter() {
         let name = h.name;
         let value = h.value;
         if value.contains(&0) {
-            return Parse::Reject(MALFORMED);
+            return Err(MALFORMED);
         }
         if name.eq_ignore_ascii_case("content-length") {
             let Some(n) = parse_content_length(value) else {
-                return Parse::Reject(BAD_LENGTH);
+                return Err(BAD_LENGTH);
             };
             if content_length.is_some_and(|prev| prev != n) {
-                return Parse::Reject(BAD_LENGTH);
+                return Err(BAD_LENGTH);
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parse::Reject(CHUNKED);
+            return Err(CHUNKED);
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
@@ -131,23 +172,22 @@ pub fn parse_request(buf: &[u8]) -> Parse<'_> {
             }
         } else if name.eq_ignore_ascii_case("authorization") {
             if authorization.is_some() {
-                return Parse::Reject(TWO_AUTHORIZATIONS);
+                return Err(TWO_AUTHORIZATIONS);
             }
             authorization = Some(value);
         } else if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = Some(value);
         } else if name.eq_ignore_ascii_case("origin") {
             origin = Some(value);
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts = hosts.saturating_add(1);
         }
     }
     let body_len = content_length.unwrap_or(0);
     if body_len > MAX_BODY_BYTES {
-        return Parse::Reject(BODY_TOO_LARGE);
+        return Err(BODY_TOO_LARGE);
     }
     let total = head_len + body_len;
-    if buf.len() < total {
-        return Parse::Partial;
-    }
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
@@ -157,6 +197,7 @@ pub fn parse_request(buf: &[u8]) -> Parse<'_> {
         _ => Method::Other,
     };
     let (path, query) = split_target(target);
+    let whole = buf.len() >= total;
     let request = Request {
         method,
         path,
@@ -166,9 +207,13 @@ pub fn parse_request(buf: &[u8]) -> Parse<'_> {
         authorization,
         last_event_id,
         origin,
-        body: &buf[head_len..total],
+        hosts,
+        body: if whole { &buf[head_len..total] } else { &[] },
     };
-    Parse::Complete(request, total)
+    if !whole {
+        return Ok(Parts::HeadOnly(request));
+    }
+    Ok(Parts::Done(Parse::Complete(request, total)))
 }
 
 /// Splits a request target into path and query. RFC 9112 §3.2.2: a server accepts the

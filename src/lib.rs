@@ -13,6 +13,7 @@ pub mod conn;
 pub mod domain;
 pub mod http;
 pub mod jwt;
+pub mod key;
 pub mod logging;
 pub mod metrics;
 pub mod registry;

@@ -52,6 +52,35 @@ pub fn write_rfc3339_ms(out: &mut String, epoch_ms: i64) {
     out.push('Z');
 }
 
+/// `epoch_ms` as an HTTP date (RFC 9110 §5.6.7 IMF-fixdate), e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`: always 29 bytes. Clamped to years 0000..=9999 like
+/// `write_rfc3339_ms`.
+pub fn imf_fixdate(epoch_ms: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]; // 1970-01-01: Thu
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let epoch_ms = epoch_ms.clamp(MIN_FORMATTABLE_MS, MAX_FORMATTABLE_MS);
+    let days = epoch_ms.div_euclid(MS_PER_DAY);
+    let (year, month, day) = civil_from_days(days);
+    let ms_of_day = epoch_ms.rem_euclid(MS_PER_DAY);
+    let mut out = String::with_capacity(29);
+    out.push_str(DAYS[days.rem_euclid(7) as usize]);
+    out.push_str(", ");
+    push_digits(&mut out, i64::from(day), 2);
+    out.push(' ');
+    out.push_str(MONTHS[(month - 1) as usize]);
+    out.push(' ');
+    push_digits(&mut out, year, 4);
+    out.push(' ');
+    push_digits(&mut out, ms_of_day / 3_600_000, 2);
+    out.push(':');
+    push_digits(&mut out, ms_of_day / 60_000 % 60, 2);
+    out.push(':');
+    push_digits(&mut out, ms_of_day / 1000 % 60, 2);
+    out.push_str(" GMT");
+    out
+}
+
 /// `write_rfc3339_ms` into a new string.
 pub fn format_rfc3339_ms(epoch_ms: i64) -> String {
     let mut out = String::with_capacity(24);
@@ -416,5 +445,14 @@ mod tests {
         assert!(start < end && end == i64::MAX);
         let (start, end) = month_bounds_ms(i64::MIN);
         assert!(start == i64::MIN && start < end);
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(imf_fixdate(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(imf_fixdate(951_782_400_999), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(imf_fixdate(-1), "Wed, 31 Dec 1969 23:59:59 GMT");
+        assert_eq!(imf_fixdate(i64::MAX).len(), 29);
     }
 }

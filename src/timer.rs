@@ -9,21 +9,43 @@
 //!
 //! Deadlines further away than one turn of the wheel sit in their slot and are skipped until
 //! the turn in which they fall due.
+//!
+//! Keys are any `SlabKey`: the server's `ConnKey` carries a generation, which the wheel keeps
+//! beside the entry and hands back with it, so a fired key says which connection it was for.
+
+use crate::key::SlabKey;
+use std::marker::PhantomData;
 
 const TICK_MS: u64 = 10;
 const SLOTS: usize = 4096; // one turn: 40.96 s, longer than the default 30 s heartbeat
 const WORDS: usize = SLOTS / 64;
 const UNSCHEDULED: u32 = u32::MAX;
+/// Bits of `Entry::at` that hold the slot (SLOTS is 2^12).
+const SLOT_BITS: u32 = 12;
+/// Deadlines are capped here (about 142 000 years of uptime) so the slot fits beside them.
+const MAX_DEADLINE_MS: u64 = (1 << (64 - SLOT_BITS)) - 1;
 
+/// 16 bytes, as before keys had generations: the slot shares a word with the deadline.
 #[derive(Clone, Copy)]
 struct Entry {
-    deadline_ms: u64,
-    /// The slot it was filed in, which is not always its deadline's (see `schedule`).
-    slot: u32,
+    /// The deadline (high bits) and the slot it was filed in (low `SLOT_BITS`), which is not
+    /// always its deadline's (see `schedule`).
+    at: u64,
     pos: u32,
+    generation: u32,
 }
 
-pub struct TimerWheel {
+impl Entry {
+    fn deadline_ms(self) -> u64 {
+        self.at >> SLOT_BITS
+    }
+
+    fn slot(self) -> usize {
+        (self.at & ((1 << SLOT_BITS) - 1)) as usize
+    }
+}
+
+pub struct TimerWheel<K: SlabKey = usize> {
     slots: Vec<Vec<u32>>,
     /// Bit per slot: set when the slot holds anything, so the next deadline is found without
     /// walking 4096 vectors.
@@ -32,16 +54,18 @@ pub struct TimerWheel {
     /// The last tick whose slot has been expired.
     done_tick: u64,
     len: usize,
+    keys: PhantomData<K>,
 }
 
-impl TimerWheel {
-    pub fn new(now_ms: u64) -> TimerWheel {
+impl<K: SlabKey> TimerWheel<K> {
+    pub fn new(now_ms: u64) -> TimerWheel<K> {
         TimerWheel {
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             occupied: [0; WORDS],
             entries: Vec::new(),
             done_tick: now_ms / TICK_MS,
             len: 0,
+            keys: PhantomData,
         }
     }
 
@@ -55,29 +79,40 @@ impl TimerWheel {
 
     /// Sets `key`'s one deadline, replacing any earlier one. A deadline in the past fires at
     /// the next `expire_due`.
-    pub fn schedule(&mut self, key: usize, deadline_ms: u64) {
+    pub fn schedule(&mut self, key: K, deadline_ms: u64) {
         self.cancel(key);
-        if self.entries.len() <= key {
-            self.entries.resize(key + 1, Entry { deadline_ms: 0, slot: 0, pos: UNSCHEDULED });
+        let (index, generation) = (key.index(), key.generation());
+        if self.entries.len() <= index {
+            self.entries.resize(index + 1, Entry { at: 0, pos: UNSCHEDULED, generation: 0 });
         }
+        let deadline_ms = deadline_ms.min(MAX_DEADLINE_MS);
         // Never file into a slot that has already been passed in this turn.
         let tick = (deadline_ms / TICK_MS).max(self.done_tick + 1);
         let slot = tick as usize % SLOTS;
-        self.entries[key] =
-            Entry { deadline_ms, slot: slot as u32, pos: self.slots[slot].len() as u32 };
-        self.slots[slot].push(key as u32);
+        self.entries[index] = Entry {
+            at: (deadline_ms << SLOT_BITS) | slot as u64,
+            pos: self.slots[slot].len() as u32,
+            generation,
+        };
+        self.slots[slot].push(index as u32);
         self.occupied[slot / 64] |= 1 << (slot % 64);
         self.len += 1;
     }
 
-    pub fn cancel(&mut self, key: usize) {
+    /// Forgets `key`'s deadline. The generation is not compared: the index has one entry,
+    /// and whoever holds the index now may clear it.
+    pub fn cancel(&mut self, key: K) {
+        self.cancel_index(key.index());
+    }
+
+    fn cancel_index(&mut self, key: usize) {
         let Some(entry) = self.entries.get(key).copied() else {
             return;
         };
         if entry.pos == UNSCHEDULED {
             return;
         }
-        let slot = entry.slot as usize;
+        let slot = entry.slot();
         let list = &mut self.slots[slot];
         let pos = entry.pos as usize;
         list.swap_remove(pos);
@@ -91,12 +126,15 @@ impl TimerWheel {
         self.len -= 1;
     }
 
-    pub fn deadline(&self, key: usize) -> Option<u64> {
-        self.entries.get(key).filter(|e| e.pos != UNSCHEDULED).map(|e| e.deadline_ms)
+    pub fn deadline(&self, key: K) -> Option<u64> {
+        self.entries
+            .get(key.index())
+            .filter(|e| e.pos != UNSCHEDULED && e.generation == key.generation())
+            .map(|e| e.deadline_ms())
     }
 
     /// Moves every key whose deadline is at or before `now_ms` into `due` (unscheduling it).
-    pub fn expire_due(&mut self, now_ms: u64, due: &mut Vec<usize>) {
+    pub fn expire_due(&mut self, now_ms: u64, due: &mut Vec<K>) {
         let now_tick = now_ms / TICK_MS;
         // After a long stall every slot is visited once, which is the whole wheel.
         let first = (self.done_tick + 1).max(now_tick.saturating_sub(SLOTS as u64 - 1));
@@ -108,9 +146,10 @@ impl TimerWheel {
             let mut i = 0;
             while i < self.slots[slot].len() {
                 let key = self.slots[slot][i] as usize;
-                if self.entries[key].deadline_ms <= now_ms {
-                    self.cancel(key); // swap-removes: index i now holds another key
-                    due.push(key);
+                let entry = self.entries[key];
+                if entry.deadline_ms() <= now_ms {
+                    self.cancel_index(key); // swap-removes: index i now holds another key
+                    due.push(K::from_parts(key, entry.generation));
                 } else {
                     i += 1;
                 }
@@ -145,7 +184,7 @@ impl TimerWheel {
             }
             let slot_min = self.slots[slot]
                 .iter()
-                .map(|&k| self.entries[k as usize].deadline_ms)
+                .map(|&k| self.entries[k as usize].deadline_ms())
                 .min()
                 .unwrap_or(u64::MAX);
             let at = slot_min.max(tick * TICK_MS);

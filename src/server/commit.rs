@@ -1,112 +1,118 @@
-//! The group commit: every write that arrived during one turn is applied in one SQLite
-//! transaction and made durable by one commit; only then are the writes answered and their
-//! notifications pushed. An answer is therefore a promise already kept.
+//! The group commit, in two steps: a batch goes to the store, and its completion comes back.
+//!
+//! `commit` is the store's half: every write that arrived during one turn is applied in one
+//! SQLite transaction and made durable by one commit. It touches nothing but the store, so it
+//! can move to a thread of its own that sends `Completion`s back through a `mio::Waker`.
+//! `complete` is the loop's half: only once the batch is durable are its writes answered,
+//! their notifications pushed and deactivated users' streams ended — every notification of
+//! the batch before any request pipelined behind a write is read (that happens next turn,
+//! through `again`), so a stream opened behind a write never sees that write's notification
+//! twice. An answer is therefore a promise already kept.
 
-use super::requests::Reply;
-use super::{Now, Server};
+use super::ctx::{Ctx, Now};
+use super::requests::{self, Reply};
+use super::streams;
+use super::verdict;
 use crate::api::{self, WriteOp};
-use crate::conn::{InBuf, Phase};
+use crate::conn::Conn;
+use crate::key::{ConnKey, SlabKey};
 use crate::metrics::CloseReason;
-use crate::writes;
+use crate::store::{Store, StoreError};
+use crate::writes::{self, Applied};
+use slab::Slab;
 
 /// A write waiting for this turn's commit, and how to answer it.
 pub(super) struct QueuedWrite {
-    pub(super) key: usize,
-    pub(super) gen: u32,
+    pub(super) key: ConnKey,
     pub(super) op: WriteOp,
     pub(super) reply: Reply,
 }
 
-impl Server {
-    pub(super) fn commit_writes(&mut self, now: Now) {
-        if self.writes.is_empty() {
-            return;
-        }
-        let writes = std::mem::take(&mut self.writes);
-        let results = match self.apply_batch(&writes, now) {
-            Ok(results) => {
-                self.metrics.count_commit(writes.len());
-                results.into_iter().map(Some).collect()
-            }
+/// What the store made of one batch: every write's result, or why none was stored.
+pub(super) struct Completion {
+    writes: Vec<QueuedWrite>,
+    outcome: Result<Vec<Applied>, StoreError>,
+}
+
+/// Applies `writes` in one transaction and commits it; on any error nothing is stored.
+pub(super) fn commit(store: &Store, writes: Vec<QueuedWrite>, now_ms: i64) -> Completion {
+    let outcome = apply_all(store, &writes, now_ms);
+    Completion { writes, outcome }
+}
+
+fn apply_all(
+    store: &Store,
+    writes: &[QueuedWrite],
+    now_ms: i64,
+) -> Result<Vec<Applied>, StoreError> {
+    store.begin()?;
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        match writes::apply(store, &write.op, now_ms) {
+            Ok(applied) => results.push(applied),
             Err(e) => {
-                self.metrics.commit_failures += 1;
-                log::error!("commit of {} writes failed, none stored: {e}", writes.len());
-                writes.iter().map(|_| None).collect::<Vec<_>>()
-            }
-        };
-        for (write, applied) in writes.into_iter().zip(results) {
-            let applied = match applied {
-                Some(applied) => applied,
-                None => writes::Applied {
-                    response: api::Response::error(
-                        500,
-                        "storage_error",
-                        "the write could not be committed; nothing was stored",
-                    ),
-                    notification: None,
-                    deactivated: None,
-                    transaction_recorded: false,
-                },
-            };
-            if applied.transaction_recorded {
-                self.metrics.transactions_recorded += 1;
-            }
-            if self.conns.get(write.key).is_some_and(|c| c.gen == write.gen && c.doomed.is_none()) {
-                let mut reply = write.reply.clone();
-                reply.keep_alive &= self.shutdown_deadline.is_none();
-                self.respond(write.key, &applied.response, &reply, now);
-                // Bytes that came behind the write (pipelining) are served now, and the socket
-                // is read again: its readiness may have been reported while we were not reading.
-                if let Some(conn) = self.conns.get_mut(write.key) {
-                    if matches!(conn.phase, Phase::Request) {
-                        if let Some(inbuf) = conn.inbuf.take() {
-                            let consumed = self.serve_buffered(write.key, &inbuf.bytes, now);
-                            if let Some(conn) = self.conns.get_mut(write.key) {
-                                if consumed < inbuf.bytes.len()
-                                    && matches!(conn.phase, Phase::Request | Phase::Committing)
-                                {
-                                    conn.inbuf = Some(Box::new(InBuf {
-                                        bytes: inbuf.bytes[consumed..].to_vec(),
-                                        started_ms: now.mono_ms,
-                                    }));
-                                }
-                            }
-                        }
-                    }
-                    if let Some(conn) = self.conns.get(write.key) {
-                        self.again.push((write.key, conn.gen));
-                    }
-                }
-            }
-            if let Some(note) = &applied.notification {
-                self.fan_out(note, now);
-            }
-            if let Some(user) = applied.deactivated {
-                self.end_streams_of(user, CloseReason::Deactivated, now);
+                store.rollback();
+                return Err(e);
             }
         }
     }
+    if let Err(e) = store.commit() {
+        store.rollback();
+        return Err(e);
+    }
+    Ok(results)
+}
 
-    pub(super) fn apply_batch(
-        &mut self,
-        writes: &[QueuedWrite],
-        now: Now,
-    ) -> Result<Vec<writes::Applied>, crate::store::StoreError> {
-        self.store.begin()?;
-        let mut results = Vec::with_capacity(writes.len());
-        for write in writes {
-            match writes::apply(&self.store, &write.op, now.epoch_ms) {
-                Ok(applied) => results.push(applied),
-                Err(e) => {
-                    self.store.rollback();
-                    return Err(e);
-                }
+/// Answers every write of a durable (or failed) batch, pushes its notifications and ends
+/// the streams of users it deactivated; then queues each writer to be read again.
+pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, now: Now) {
+    let Completion { writes, outcome } = done;
+    let (results, failure): (Vec<Option<Applied>>, _) = match outcome {
+        Ok(results) => {
+            ctx.metrics.count_commit(writes.len());
+            (results.into_iter().map(Some).collect(), (500, "storage_error"))
+        }
+        Err(e) => {
+            ctx.metrics.commit_failures += 1;
+            log::error!("commit of {} writes failed, none stored: {e}", writes.len());
+            (writes.iter().map(|_| None).collect(), api::storage_status(&e))
+        }
+    };
+    for (write, applied) in writes.into_iter().zip(results) {
+        let applied = applied.unwrap_or_else(|| Applied {
+            response: api::Response::error(
+                failure.0,
+                failure.1,
+                "the write could not be committed; nothing was stored",
+            ),
+            notification: None,
+            deactivated: None,
+            transaction_recorded: false,
+        });
+        if applied.transaction_recorded {
+            ctx.metrics.transactions_recorded += 1;
+        }
+        let key = write.key;
+        if let Some(conn) =
+            conns.get_mut(key.index()).filter(|c| c.gen == key.generation() && c.doomed.is_none())
+        {
+            let mut reply = write.reply;
+            // A client that has sent EOF gets its answer and then the connection ends.
+            reply.keep_alive &= !ctx.shutting_down() && !conn.peer_closed;
+            let answered = requests::respond(conn, key, ctx, &applied.response, &reply, now);
+            verdict::carry_out(conn, key, ctx, answered, now);
+            // Bytes that came behind the write (pipelining) are served next turn, and the
+            // socket is read again whatever the answer did: its readiness (an EOF too) may
+            // have been reported while we were not reading.
+            if conn.doomed.is_none() {
+                ctx.again.push(key);
             }
         }
-        if let Err(e) = self.store.commit() {
-            self.store.rollback();
-            return Err(e);
+        if let Some(note) = &applied.notification {
+            streams::fan_out(conns, ctx, note, now);
         }
-        Ok(results)
+        if let Some(user) = applied.deactivated {
+            streams::end_streams_of(conns, ctx, user, CloseReason::Deactivated, now);
+        }
     }
 }

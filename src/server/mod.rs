@@ -1,41 +1,62 @@
 //! The event loop: the only code that polls, accepts and decides when a connection dies.
 //!
 //! One thread, one `mio::Poll`, every socket registered once (edge-triggered, read and write).
-//! Each turn of the loop runs in this order:
+//! The loop is split in two: `Server` (this file) owns what polls — the poll, the listener,
+//! the signal pipe and the slab of connections — and lends out `Ctx` (`ctx.rs`): wheel,
+//! registry, store, metrics, configuration, scratch buffers. A handler gets one connection,
+//! its `ConnKey`, the `Ctx` and `now`, and returns a `Verdict` (`verdict.rs`) that the loop
+//! carries out. Each turn runs in this order:
 //!
-//!  1. read the clocks once (monotonic for timers, wall clock for tokens and JSON);
-//!  2. poll, sleeping until the timer wheel's next deadline (or not at all when work is left);
-//!  3. signals: start the graceful stop;
-//!  4. accept until `WouldBlock` (bounded; refused with 503 past `--max-conns`);
-//!  5. readable and writable sockets, plus those whose bounded drain was cut short last turn:
-//!     requests are parsed and answered, writes go on until `WouldBlock`, reads until a
-//!     short read (see `requests::Drain`);
-//!  6. timers: request and idle timeouts, heartbeats, token expiries, linger ends;
-//!  7. the group commit: every write that arrived this turn becomes durable in one SQLite
-//!     transaction, then is answered and fanned out to every stream of its user;
-//!  8. reap: connections marked to close are removed from the wheel, the registry and the slab,
-//!     and their sockets closed — the one place a connection dies.
+//!  1. stop once the graceful stop is over (no connection left, or its deadline passed);
+//!  2. poll, sleeping until the wheel's next deadline, or not at all while work is left over
+//!     (`again`, a batch, connections to reap, accepts cut short); the clock is read for that
+//!     sleep and then once more on waking, and that second reading is `now` for the whole
+//!     turn;
+//!  3. connections left over from the last turn (`again`: their drain was cut short by the
+//!     per-turn budget, or a commit answered them), writable then readable;
+//!  4. the events, in the kernel's order: the listener accepts until `WouldBlock` (bounded;
+//!     503 past `--max-conns`), a signal starts the graceful stop, and a connection is
+//!     written (`output.rs`) then read and its requests served (`requests.rs`, streams
+//!     opened by `streams.rs`);
+//!  5. accepts that were cut short or paused (out of descriptors) go on;
+//!  6. timers (`ctx.wheel`): request and idle timeouts, heartbeats, token expiries, linger
+//!     ends;
+//!  7. the group commit (`commit.rs`): this turn's batch goes to the store as one
+//!     transaction, and its completion comes back and is answered and fanned out;
+//!  8. reap: streams that ended this turn are unlinked from the registry, and connections
+//!     marked to close are removed from the wheel, the registry and the slab, and their
+//!     sockets closed — the one place a connection dies and the one place anything is
+//!     unlinked.
 //!
-//! A handler never frees a connection; it marks it (`close_later`) and the reap does the rest.
-//! Events for a token whose connection is gone (or whose slab key was reused: the token
-//! carries a generation) are ignored.
+//! Events for a token whose connection is gone (or whose slab index was reused: the token
+//! carries the generation) are ignored.
 
-use crate::api::{self};
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
-use crate::http::{self};
-use crate::metrics::{CloseReason, Metrics};
-use crate::registry::Registry;
+use crate::http;
+use crate::key::{ConnKey, SlabKey};
+use crate::metrics::CloseReason;
 use crate::sse;
 use crate::store::Store;
-use crate::timer::TimerWheel;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+mod commit;
+mod ctx;
+mod head;
+mod output;
+mod requests;
+mod streams;
+mod verdict;
+
+use ctx::{Ctx, Now};
+use requests::Drain;
+use verdict::Verdict;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -65,57 +86,21 @@ const SOFT_UNSENT_MS: u64 = 5_000;
 /// How long accept waits after running out of descriptors, when even the spare is gone.
 const ACCEPT_PAUSE_MS: u64 = 100;
 
-/// Both clocks, read once per turn.
-#[derive(Clone, Copy)]
-struct Now {
-    /// Monotonic milliseconds since the server started: timers.
-    mono_ms: u64,
-    /// Wall clock, epoch milliseconds: tokens and timestamps.
-    epoch_ms: i64,
-}
-
-mod commit;
-mod output;
-mod requests;
-mod streams;
-
-use commit::QueuedWrite;
-use requests::Reply;
-
 pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     signals: Signals,
     conns: Slab<Conn>,
     next_gen: u32,
-    wheel: TimerWheel,
-    registry: Registry,
-    store: Store,
-    metrics: Metrics,
-    config: Config,
-    secret: crate::jwt::Key,
-    max_conns: usize,
-    started: Instant,
-    /// Reused read buffer: a request that arrives whole never allocates a buffer of its own.
-    scratch_in: Vec<u8>,
-    scratch_out: Vec<u8>,
-    fanout_keys: Vec<u32>,
-    due: Vec<usize>,
-    /// Connections whose read or write was cut short by the per-turn budget.
-    again: Vec<(usize, u32)>,
-    to_close: Vec<usize>,
-    writes: Vec<QueuedWrite>,
-    /// This turn's heartbeat frame (every heartbeat in a turn carries the same timestamp).
-    heartbeat_frame: Option<(i64, Vec<u8>, std::ops::Range<usize>)>,
+    ctx: Ctx,
     /// A descriptor kept free so that, out of descriptors, a connection can still be accepted
     /// and told 503 instead of being left in the backlog.
     spare_fd: Option<std::fs::File>,
     accept_paused_until: Option<u64>,
     accept_more: bool,
     out_of_fds_logged: bool,
-    shutdown_deadline: Option<u64>,
-    rng: u64,
 }
+
 impl Server {
     pub fn new(
         config: Config,
@@ -126,37 +111,22 @@ impl Server {
         let poll = Poll::new()?;
         let mut listener = bind_listener(config.listen)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        // SIGHUP, SIGUSR1 and SIGUSR2 would kill the process by default, cutting every stream
+        // without its last chunk: they are caught and logged instead (logs go to stderr, so
+        // there is no log file for SIGHUP to reopen).
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let started = Instant::now();
         Ok(Server {
             poll,
             listener: Some(listener),
             signals,
             conns: Slab::with_capacity(1024),
             next_gen: 1,
-            wheel: TimerWheel::new(0),
-            registry: Registry::new(),
-            store,
-            metrics: Metrics::default(),
-            config,
-            secret: crate::jwt::Key::new(&secret),
-            max_conns,
-            started,
-            scratch_in: Vec::with_capacity(READ_CHUNK * 2),
-            scratch_out: Vec::with_capacity(64 * 1024),
-            fanout_keys: Vec::new(),
-            due: Vec::new(),
-            again: Vec::new(),
-            to_close: Vec::new(),
-            writes: Vec::new(),
-            heartbeat_frame: None,
+            ctx: Ctx::new(config, store, &secret, max_conns, READ_CHUNK),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             accept_paused_until: None,
             accept_more: false,
             out_of_fds_logged: false,
-            shutdown_deadline: None,
-            rng: seed_rng(),
         })
     }
 
@@ -164,130 +134,156 @@ impl Server {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The store the server was given, for work that must wait until the listener is bound
+    /// (seeding `--demo` data: a start that fails must change nothing).
+    pub fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
     /// Runs until a signal has stopped the server and every connection is gone.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let now = self.now();
-            if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || now.mono_ms >= deadline {
+            // 1–2: stop, or sleep until there is something to do.
+            let before = self.ctx.now();
+            if let Some(deadline) = self.ctx.shutdown_deadline {
+                if self.conns.is_empty() || before.mono_ms >= deadline {
                     break;
                 }
             }
-            let timeout = self.poll_timeout(now);
+            let timeout = self.poll_timeout(before);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
                 }
             }
-            let now = self.now();
+            let now = self.ctx.now();
+            self.ctx.refresh_date(now);
             // This turn's log lines leave in one write when the turn ends.
             let _log_batch = crate::logging::batch();
-            self.heartbeat_frame = None;
-            let mut again = std::mem::take(&mut self.again);
-            for &(key, gen) in &again {
-                if self.is_live(key, gen) {
-                    self.guarded(Some(key), |s| {
-                        s.on_writable(key, now);
+            self.ctx.heartbeat_frame = None;
+            // 3: what the last turn left over.
+            let again = std::mem::take(&mut self.ctx.again);
+            for &key in &again {
+                self.on_conn(key, now, |conn, key, ctx, now| {
+                    output::on_writable(conn, ctx).then(|| {
                         // Cut short by the budget: no new event will report what is left.
-                        s.on_readable(key, now, requests::Drain::ToTheEnd);
-                    });
-                }
+                        requests::on_readable(conn, key, ctx, now, Drain::ToTheEnd)
+                    })
+                });
             }
-            // Keep what the handlers above queued again for the next turn.
-            again.clear();
-            again.append(&mut self.again);
-            self.again = again;
+            // 4: this turn's events.
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.guarded(None, |s| s.accept_all(now)),
                     SIGNALS => self.on_signal(now),
                     token => {
-                        let (key, gen) = split_token(token);
-                        if !self.is_live(key, gen) {
-                            continue;
-                        }
-                        self.guarded(Some(key), |s| {
-                            if event.is_writable() || event.is_error() {
-                                s.on_writable(key, now);
-                            }
-                            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                let drain = if event.is_read_closed() || event.is_error() {
-                                    requests::Drain::ToTheEnd
+                        let writable = event.is_writable() || event.is_error();
+                        let closed = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || closed;
+                        let drain = if closed { Drain::ToTheEnd } else { Drain::UntilShortRead };
+                        self.on_conn(ConnKey::of_token(token), now, |conn, key, ctx, now| {
+                            let wrote = if writable {
+                                output::on_writable(conn, ctx)
+                            } else {
+                                Verdict::Continue
+                            };
+                            wrote.then(|| {
+                                if readable {
+                                    requests::on_readable(conn, key, ctx, now, drain)
                                 } else {
-                                    requests::Drain::UntilShortRead
-                                };
-                                s.on_readable(key, now, drain);
-                            }
+                                    Verdict::Continue
+                                }
+                            })
                         });
                     }
                 }
             }
+            // 5
             if self.accept_more || self.accept_paused_until.is_some_and(|t| now.mono_ms >= t) {
                 self.accept_all(now);
             }
+            // 6
             self.guarded(None, |s| s.expire_timers(now));
-            self.guarded(None, |s| s.commit_writes(now));
+            // 7
+            self.guarded(None, |s| s.commit_batch(now));
+            // 8
             self.reap();
         }
         self.finish_shutdown();
         Ok(())
     }
 
+    /// Runs one handler on the live connection `key` (ignoring a stale key) and carries out
+    /// its verdict.
+    fn on_conn(
+        &mut self,
+        key: ConnKey,
+        now: Now,
+        handler: impl FnOnce(&mut Conn, ConnKey, &mut Ctx, Now) -> Verdict,
+    ) {
+        self.guarded(Some(key), |s| {
+            let Some(conn) = s.conns.get_mut(key.index()) else {
+                return;
+            };
+            if conn.gen != key.generation() || conn.doomed.is_some() {
+                return;
+            }
+            let verdict = handler(conn, key, &mut s.ctx, now);
+            verdict::carry_out(conn, key, &mut s.ctx, verdict, now);
+        });
+    }
+
     /// A last line of defence, not a way of handling errors: a panic (a bug) while serving
     /// one connection closes that connection instead of the process and everyone's streams.
-    fn guarded(&mut self, key: Option<usize>, work: impl FnOnce(&mut Server)) {
+    fn guarded(&mut self, key: Option<ConnKey>, work: impl FnOnce(&mut Server)) {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
         if outcome.is_err() {
             log::error!("BUG: a panic while serving (see above); dropping the connection involved");
             // A batch cut short must not stay open, or every later write would fail; its
             // writers were never answered, and are closed rather than left waiting.
-            self.store.rollback_if_open();
-            let orphans: Vec<usize> = self
+            self.ctx.store.rollback_if_open();
+            let batch = &self.ctx.batch;
+            let orphans: Vec<ConnKey> = self
                 .conns
                 .iter()
                 .filter(|(k, c)| {
-                    matches!(c.phase, Phase::Committing) && !self.writes.iter().any(|w| w.key == *k)
+                    matches!(c.phase, Phase::Committing)
+                        && !batch.iter().any(|w| w.key.index() == *k)
                 })
-                .map(|(k, _)| k)
+                .map(|(k, c)| ConnKey::new(k, c.gen))
                 .collect();
             for orphan in orphans.into_iter().chain(key) {
-                self.close_later(orphan, CloseReason::Internal);
+                if let Some(conn) =
+                    self.conns.get_mut(orphan.index()).filter(|c| c.gen == orphan.generation())
+                {
+                    verdict::close_later(conn, orphan, &mut self.ctx, CloseReason::Internal);
+                }
             }
         }
     }
 
-    fn now(&self) -> Now {
-        let epoch_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        Now { mono_ms: self.started.elapsed().as_millis() as u64, epoch_ms }
-    }
-
     fn poll_timeout(&self, now: Now) -> Option<Duration> {
-        if !self.again.is_empty()
-            || !self.writes.is_empty()
+        if !self.ctx.again.is_empty()
+            || !self.ctx.batch.is_empty()
             || self.accept_more
-            || !self.to_close.is_empty()
+            || !self.ctx.to_close.is_empty()
         {
             return Some(Duration::ZERO);
         }
-        let mut wait = self.wheel.next_wait_ms(now.mono_ms);
+        let mut wait = self.ctx.wheel.next_wait_ms(now.mono_ms);
         if let Some(at) = self.accept_paused_until {
             wait =
                 Some(wait.map_or(at.saturating_sub(now.mono_ms), |w| {
                     w.min(at.saturating_sub(now.mono_ms))
                 }));
         }
-        if let Some(deadline) = self.shutdown_deadline {
+        if let Some(deadline) = self.ctx.shutdown_deadline {
             let left = deadline.saturating_sub(now.mono_ms);
             wait = Some(wait.map_or(left, |w| w.min(left)));
         }
         // Round up so a sleep never ends a hair before the deadline it waits for.
         wait.map(|ms| Duration::from_millis(ms + 1))
-    }
-
-    fn is_live(&self, key: usize, gen: u32) -> bool {
-        self.conns.get(key).is_some_and(|c| c.gen == gen && c.doomed.is_none())
     }
 
     fn accept_all(&mut self, now: Now) {
@@ -303,9 +299,10 @@ impl Server {
             match listener.accept() {
                 Ok((sock, _)) => {
                     self.out_of_fds_logged = false;
-                    if self.conns.len() >= self.max_conns {
-                        self.metrics.count_disconnect(CloseReason::Refused);
-                        refuse(sock, "the server is at its connection limit (--max-conns)");
+                    if self.conns.len() >= self.ctx.max_conns {
+                        self.ctx.metrics.count_disconnect(CloseReason::Refused);
+                        let why = "the server is at its connection limit (--max-conns)";
+                        refuse(sock, self.ctx.date(), why);
                         continue;
                     }
                     self.admit(sock, now);
@@ -313,13 +310,13 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_out_of_fds(&e) => {
-                    self.metrics.accept_errors += 1;
+                    self.ctx.metrics.accept_errors += 1;
                     self.on_out_of_fds(now);
                     return;
                 }
                 Err(e) => {
                     // ECONNABORTED and friends: that one connection is gone, the next may not be.
-                    self.metrics.accept_errors += 1;
+                    self.ctx.metrics.accept_errors += 1;
                     log::debug!("accept failed: {e}");
                 }
             }
@@ -339,8 +336,8 @@ impl Server {
         // spare, wait a little: retrying at once would spin on the same error.
         if self.spare_fd.take().is_some() {
             if let Some(Ok((sock, _))) = self.listener.as_ref().map(|l| l.accept()) {
-                self.metrics.count_disconnect(CloseReason::Refused);
-                refuse(sock, "the server is out of file descriptors");
+                self.ctx.metrics.count_disconnect(CloseReason::Refused);
+                refuse(sock, self.ctx.date(), "the server is out of file descriptors");
                 self.accept_more = true;
             }
             self.spare_fd = std::fs::File::open("/dev/null").ok();
@@ -355,28 +352,33 @@ impl Server {
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let key = ConnKey::new(entry.key(), gen);
         if let Err(e) = self.poll.registry().register(
             &mut sock,
-            make_token(key, gen),
+            key.token(),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot watch a new connection: {e}");
             return;
         }
         entry.insert(Conn::new(sock, gen));
-        self.metrics.connections_accepted += 1;
-        self.wheel.schedule(key, now.mono_ms + FRESH_TIMEOUT_MS);
+        self.ctx.conns_open = self.conns.len();
+        self.ctx.metrics.connections_accepted += 1;
+        self.ctx.wheel.schedule(key, now.mono_ms + FRESH_TIMEOUT_MS);
     }
 
     fn on_signal(&mut self, now: Now) {
         let mut stop = false;
         for signal in self.signals.pending() {
-            if signal == SIGINT || signal == SIGTERM {
-                stop = true;
+            match signal {
+                SIGINT | SIGTERM => stop = true,
+                SIGHUP => log::info!(
+                    "SIGHUP: nothing to reload or reopen (logs go to stderr); carrying on"
+                ),
+                _ => log::info!("signal {signal} ignored; SIGTERM or SIGINT stops the server"),
             }
         }
-        if stop && self.shutdown_deadline.is_none() {
+        if stop && self.ctx.shutdown_deadline.is_none() {
             self.begin_shutdown(now);
         }
     }
@@ -385,49 +387,49 @@ impl Server {
         log::info!(
             "shutting down: {} connections, {} streams open; ending every stream",
             self.conns.len(),
-            self.registry.total()
+            self.ctx.registry.total()
         );
-        self.shutdown_deadline = Some(now.mono_ms + SHUTDOWN_GRACE_MS);
+        self.ctx.shutdown_deadline = Some(now.mono_ms + SHUTDOWN_GRACE_MS);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(k, c)| ConnKey::new(k, c.gen)).collect();
         for key in keys {
-            let Some(conn) = self.conns.get(key) else {
-                continue;
-            };
-            if conn.doomed.is_some() {
-                continue;
-            }
-            let chunked = matches!(&conn.phase, Phase::Stream(s) if s.chunked);
-            match conn.phase {
-                Phase::Stream(_) => {
+            self.on_conn(key, now, |conn, key, ctx, now| match &conn.phase {
+                Phase::Stream(stream) => {
                     // Spread the reconnects: a retry drawn from [retry, 3 × retry].
-                    let retry = self.config.retry_ms;
-                    let jitter = retry + self.random_below(2 * retry + 1);
+                    let retry = ctx.config.retry_ms;
+                    let jitter = retry + ctx.random_below(2 * retry + 1);
                     let mut frame = Vec::with_capacity(32);
-                    if chunked {
+                    if stream.chunked {
                         sse::encode_chunk(&mut frame, |o| sse::encode_retry(o, jitter));
                     } else {
                         sse::encode_retry(&mut frame, jitter);
                     }
-                    self.send(key, &frame, now);
-                    self.end_stream(key, CloseReason::Shutdown, now);
+                    match output::send(conn, ctx, &frame, now) {
+                        Ok(()) => Verdict::Finish(CloseReason::Shutdown),
+                        Err(reason) => Verdict::Close(reason),
+                    }
                 }
                 // Answered after this turn's commit, then closed (keep-alive is off now).
-                Phase::Committing => {}
+                Phase::Committing => Verdict::Continue,
                 Phase::Request => {
                     // A request that has fully arrived is still answered (without keep-alive);
                     // a half-received one is closed.
-                    self.read_requests(key, now, requests::Drain::ToTheEnd);
-                    if self.conns.get(key).is_some_and(|c| matches!(c.phase, Phase::Request)) {
-                        self.close_later(key, CloseReason::Shutdown);
+                    match requests::read_requests(conn, key, ctx, now, Drain::ToTheEnd) {
+                        Verdict::Continue | Verdict::Again
+                            if matches!(conn.phase, Phase::Request) =>
+                        {
+                            Verdict::Close(CloseReason::Shutdown)
+                        }
+                        other => other,
                     }
                 }
                 Phase::Closing { .. } => {
-                    self.wheel.schedule(key, now.mono_ms + SHUTDOWN_GRACE_MS);
+                    ctx.wheel.schedule(key, now.mono_ms + SHUTDOWN_GRACE_MS);
+                    Verdict::Continue
                 }
-            }
+            });
         }
     }
 
@@ -436,118 +438,53 @@ impl Server {
         if left > 0 {
             log::warn!("shutdown: {left} connections did not close in time; closing them now");
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.close_later(key, CloseReason::Shutdown);
+        for (index, conn) in self.conns.iter_mut() {
+            let key = ConnKey::new(index, conn.gen);
+            verdict::close_later(conn, key, &mut self.ctx, CloseReason::Shutdown);
         }
         self.reap();
         log::info!("stopped; every acknowledged write is committed");
     }
 
-    fn random_below(&mut self, bound: u64) -> u64 {
-        // xorshift64*: plenty for spreading reconnects, not for secrets.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        if bound == 0 {
-            0
-        } else {
-            x % bound
-        }
-    }
-
     fn expire_timers(&mut self, now: Now) {
-        let mut due = std::mem::take(&mut self.due);
+        let mut due = std::mem::take(&mut self.ctx.due);
         due.clear();
-        self.wheel.expire_due(now.mono_ms, &mut due);
+        self.ctx.wheel.expire_due(now.mono_ms, &mut due);
         for &key in &due {
-            let Some(conn) = self.conns.get(key) else {
-                continue;
-            };
-            if conn.doomed.is_some() {
-                continue;
-            }
-            match &conn.phase {
-                Phase::Stream(_) => self.on_stream_timer(key, now),
-                Phase::Request => {
-                    if conn.inbuf.is_some() {
-                        let response = api::Response::error(
-                            http::TIMEOUT.status,
-                            http::TIMEOUT.code,
-                            http::TIMEOUT.message,
-                        );
-                        let reply =
-                            Reply { keep_alive: false, route: "invalid", ..Reply::default() };
-                        self.respond(key, &response, &reply, now);
-                        if let Some(c) = self.conns.get_mut(key) {
-                            c.inbuf = None;
-                        }
-                    } else {
-                        self.close_later(key, CloseReason::Timeout);
-                    }
-                }
-                Phase::Closing { .. } => self.close_later(key, CloseReason::Finished),
-                Phase::Committing => {}
-            }
+            self.on_conn(key, now, |conn, key, ctx, now| match &conn.phase {
+                Phase::Stream(_) => streams::on_timer(conn, key, ctx, now),
+                Phase::Request => requests::on_request_timer(conn, key, ctx, now),
+                Phase::Closing { .. } => Verdict::Close(CloseReason::Finished),
+                Phase::Committing => Verdict::Continue,
+            });
         }
-        self.due = due;
+        self.ctx.due = due;
     }
 
-    /// Stops reading requests; flushes, sends FIN, and waits briefly for the client's EOF.
-    fn begin_close(&mut self, key: usize, reason: CloseReason, now: Now) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.doomed.is_some() {
+    /// Step 7: the batch goes to the store; its completion is answered and fanned out.
+    fn commit_batch(&mut self, now: Now) {
+        if self.ctx.batch.is_empty() {
             return;
         }
-        let user = match &conn.phase {
-            Phase::Closing { user, .. } => *user,
-            _ => None,
-        };
-        let fin_sent = conn.unsent.is_none();
-        if fin_sent {
-            conn.send_fin();
-        }
-        let finished = fin_sent && conn.peer_closed;
-        conn.phase = Phase::Closing { user, fin_sent };
-        conn.inbuf = None;
-        self.metrics.count_disconnect(reason);
-        if finished {
-            // Both directions are done: no reason to linger.
-            self.close_later(key, reason);
-            return;
-        }
-        // At shutdown a client still reading may use all the time that is left.
-        let deadline = self.shutdown_deadline.unwrap_or(now.mono_ms + LINGER_MS);
-        self.wheel.schedule(key, deadline);
+        let batch = std::mem::take(&mut self.ctx.batch);
+        let done = commit::commit(&self.ctx.store, batch, now.epoch_ms);
+        commit::complete(&mut self.conns, &mut self.ctx, done, now);
     }
 
-    /// Marks a connection to be removed at the end of this turn.
-    fn close_later(&mut self, key: usize, reason: CloseReason) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.doomed.is_some() {
-            return;
-        }
-        // A connection already in Closing was counted when it began to close.
-        if !matches!(conn.phase, Phase::Closing { .. }) {
-            self.metrics.count_disconnect(reason);
-        }
-        conn.doomed = Some(reason);
-        self.to_close.push(key);
-    }
-
-    /// The one place connections die.
+    /// The one place connections die, and the one place anything is unlinked from the
+    /// registry and the wheel.
     fn reap(&mut self) {
-        let mut to_close = std::mem::take(&mut self.to_close);
+        for (key, user) in self.ctx.ended.drain(..) {
+            let open = self.ctx.registry.remove(user, key);
+            log::info!("SSE client removed for user {user} ({open} open)");
+        }
+        let mut to_close = std::mem::take(&mut self.ctx.to_close);
         for key in to_close.drain(..) {
-            let Some(conn) = self.conns.try_remove(key) else {
+            if !self.conns.get(key.index()).is_some_and(|c| c.gen == key.generation()) {
                 continue;
-            };
-            self.wheel.cancel(key);
+            }
+            let conn = self.conns.remove(key.index());
+            self.ctx.wheel.cancel(key);
             let reason = conn.doomed.unwrap_or(CloseReason::Finished);
             match &conn.phase {
                 Phase::Stream(stream) => {
@@ -560,7 +497,7 @@ impl Server {
                         _ => {}
                     }
                     log::info!("SSE connection closed for user {user}");
-                    let open = self.registry.remove(user, key);
+                    let open = self.ctx.registry.remove(user, key);
                     log::info!("SSE client removed for user {user} ({open} open)");
                 }
                 Phase::Closing { user: Some(user), .. } => {
@@ -571,16 +508,10 @@ impl Server {
             // Dropping the socket closes it, which also takes it out of the poll set.
             drop(conn);
         }
-        self.to_close = to_close;
+        self.ctx.to_close = to_close;
+        self.ctx.conns_open = self.conns.len();
+        self.ctx.give_memory_back();
     }
-}
-
-fn make_token(key: usize, gen: u32) -> Token {
-    Token(((gen as usize) << 32) | (key & 0xFFFF_FFFF))
-}
-
-fn split_token(token: Token) -> (usize, u32) {
-    (token.0 & 0xFFFF_FFFF, (token.0 >> 32) as u32)
 }
 
 fn is_out_of_fds(e: &io::Error) -> bool {
@@ -588,13 +519,18 @@ fn is_out_of_fds(e: &io::Error) -> bool {
 }
 
 /// Best effort: one non-blocking write of a 503, then close.
-fn refuse(mut sock: TcpStream, message: &str) {
+fn refuse(mut sock: TcpStream, date: &[u8], message: &str) {
     use std::io::Write;
     let body = http::error_body("unavailable", message);
     let mut out = Vec::with_capacity(160 + body.len());
-    http::start_head(&mut out, 503);
-    http::header(&mut out, "Content-Type", b"application/json");
-    http::end_head(&mut out, 503, body.len(), http::Persistence::Close);
+    head::write_head(
+        &mut out,
+        503,
+        date,
+        &[("Content-Type", b"application/json")],
+        head::Cors::default(),
+        head::Framing::Length(body.len(), http::Persistence::Close),
+    );
     out.extend_from_slice(body.as_bytes());
     let _ = sock.write(&out);
     let _ = sock.shutdown(std::net::Shutdown::Write);
@@ -658,24 +594,11 @@ fn set_int_option(
     }
 }
 
-fn seed_rng() -> u64 {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    let from_os =
-        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_ok();
-    let seed = u64::from_le_bytes(bytes);
-    if from_os && seed != 0 {
-        seed
-    } else {
-        // Only the spread of reconnect delays depends on this; the clock is good enough.
-        (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)) | 1
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+    use std::time::Instant;
 
     fn int_option(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
         let mut value: libc::c_int = 0;

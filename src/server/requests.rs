@@ -2,16 +2,25 @@
 //!
 //! Bytes are read into a shared scratch buffer, every complete request at its front is served
 //! (pipelining works), and only a half-received request gets a buffer of its own. Answers are
-//! framed here; what they say comes from `api`.
+//! framed here; what they say comes from `api`. Every function takes the one connection it
+//! serves and returns a `Verdict`; a write leaves as `Verdict::Commit` and is answered by the
+//! group commit (`commit.rs`), after which the loop reads this connection again.
 
-use super::commit::QueuedWrite;
-use super::{Now, Server};
+use super::ctx::{Ctx, Now};
+use super::head::{self, Framing};
+use super::output;
+use super::streams;
+use super::verdict::Verdict;
 use super::{IO_BUDGET_PER_TURN, KEEP_ALIVE_TIMEOUT_MS, READ_CHUNK, REQUEST_TIMEOUT_MS};
-use crate::api::{self, Ctx, Outcome};
-use crate::conn::{InBuf, Phase, ReadOutcome};
+
+/// What all half-received request heads together may hold: a few thousand slow clients'
+/// worth (a head is at most 8 KiB). Bodies are held only once their head is authorized.
+const MAX_UNAUTHORIZED_BYTES: usize = 16 << 20;
+use crate::api::{self, Outcome};
+use crate::conn::{Conn, HeldBytes, InBuf, Phase, ReadOutcome};
 use crate::http::{self, Parse, Request};
+use crate::key::ConnKey;
 use crate::metrics::CloseReason;
-use crate::metrics::Gauges;
 
 /// What an answer's head depends on besides the answer itself.
 #[derive(Clone, Default)]
@@ -23,11 +32,26 @@ pub(super) struct Reply {
     /// The token came in the query string: nothing may cache the answer.
     pub(super) token_in_query: bool,
     pub(super) route: &'static str,
+    /// A HEAD request: the answer's head as GET's would be, and no body.
+    pub(super) head_only: bool,
 }
 
 impl Reply {
     fn persistence(&self) -> http::Persistence {
         http::Persistence::of(self.keep_alive, self.http10)
+    }
+
+    /// The CORS fields of an ordinary answer.
+    pub(super) fn cors<'a>(&'a self, ctx: &Ctx) -> head::Cors<'a> {
+        head::Cors {
+            allowed_origin: self.allowed_origin.as_deref(),
+            vary: ctx.config.cors.is_enabled(),
+        }
+    }
+
+    /// The answer to a request that could not be read: no keep-alive.
+    fn invalid() -> Reply {
+        Reply { keep_alive: false, route: "invalid", ..Reply::default() }
     }
 }
 
@@ -43,306 +67,437 @@ pub(super) enum Drain {
     UntilShortRead,
 }
 
-impl Server {
-    /// `drain`: `UntilShortRead` for a fresh readiness event that did not report the peer's
-    /// close, `ToTheEnd` otherwise (see `Drain`).
-    pub(super) fn on_readable(&mut self, key: usize, now: Now, drain: Drain) {
-        let Some(conn) = self.conns.get(key) else {
-            return;
-        };
-        if conn.doomed.is_some() {
-            return;
-        }
-        match conn.phase {
-            Phase::Request => self.read_requests(key, now, drain),
-            // Reading resumes after the commit answers (see `commit_writes`).
-            Phase::Committing => {}
-            Phase::Stream(_) | Phase::Closing { .. } => self.read_and_discard(key, now, drain),
-        }
+/// `drain`: `UntilShortRead` for a fresh readiness event that did not report the peer's
+/// close, `ToTheEnd` otherwise (see `Drain`).
+pub(super) fn on_readable(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    now: Now,
+    drain: Drain,
+) -> Verdict {
+    match conn.phase {
+        Phase::Request => read_requests(conn, key, ctx, now, drain),
+        // Reading resumes once the commit has answered (the loop queues it `again`).
+        Phase::Committing => Verdict::Continue,
+        Phase::Stream(_) | Phase::Closing { .. } => read_and_discard(conn, ctx, drain),
     }
+}
 
-    /// Streams and closing connections expect nothing more from the client but its EOF.
-    pub(super) fn read_and_discard(&mut self, key: usize, _now: Now, drain: Drain) {
-        let mut buf = std::mem::take(&mut self.scratch_in);
-        let mut budget = IO_BUDGET_PER_TURN;
-        let outcome = loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                break None;
-            };
-            buf.clear();
-            match conn.read_into(&mut buf, READ_CHUNK) {
-                ReadOutcome::Data(n) => {
-                    if n < READ_CHUNK && drain == Drain::UntilShortRead {
-                        break None;
-                    }
-                    budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        self.again.push((key, conn.gen));
-                        break None;
-                    }
-                }
-                ReadOutcome::WouldBlock => break None,
-                ReadOutcome::Eof | ReadOutcome::Gone => break Some(()),
-            }
-        };
+/// Streams and closing connections expect nothing more from the client but its EOF.
+fn read_and_discard(conn: &mut Conn, ctx: &mut Ctx, drain: Drain) -> Verdict {
+    let mut buf = std::mem::take(&mut ctx.scratch_in);
+    let mut budget = IO_BUDGET_PER_TURN;
+    let verdict = loop {
         buf.clear();
-        self.scratch_in = buf;
-        if outcome.is_some() {
-            let reason = match self.conns.get(key).map(|c| &c.phase) {
-                Some(Phase::Closing { .. }) => CloseReason::Finished,
-                _ => CloseReason::ClientGone,
-            };
-            self.close_later(key, reason);
-        }
-    }
-
-    pub(super) fn read_requests(&mut self, key: usize, now: Now, drain: Drain) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let (mut buf, mut started_ms) = match conn.inbuf.take() {
-            Some(inbuf) => (inbuf.bytes, Some(inbuf.started_ms)),
-            None => {
-                let mut scratch = std::mem::take(&mut self.scratch_in);
-                scratch.clear();
-                (scratch, None)
+        match conn.read_into(&mut buf, READ_CHUNK) {
+            ReadOutcome::Data(n) => {
+                if n < READ_CHUNK && drain == Drain::UntilShortRead {
+                    break Verdict::Continue;
+                }
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    break Verdict::Again;
+                }
             }
-        };
-        // Read what is there, but never more than one largest-possible request beyond what
-        // is already buffered: the parser decides after that.
-        let limit = http::MAX_HEAD_BYTES + http::MAX_BODY_BYTES + 1;
-        let mut eof = false;
-        let mut gone = false;
-        let mut budget = IO_BUDGET_PER_TURN + limit;
-        let mut cut_short = false;
-        while buf.len() < limit {
-            if budget == 0 {
-                cut_short = true;
+            ReadOutcome::WouldBlock => break Verdict::Continue,
+            ReadOutcome::Eof | ReadOutcome::Gone => {
+                break Verdict::Close(match conn.phase {
+                    Phase::Closing { .. } => CloseReason::Finished,
+                    _ => CloseReason::ClientGone,
+                })
+            }
+        }
+    };
+    buf.clear();
+    ctx.scratch_in = buf;
+    verdict
+}
+
+pub(super) fn read_requests(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    now: Now,
+    drain: Drain,
+) -> Verdict {
+    let (mut buf, mut started_ms) = match conn.inbuf.take() {
+        Some(inbuf) => (inbuf.bytes, Some(inbuf.started_ms)),
+        None => {
+            let mut scratch = std::mem::take(&mut ctx.scratch_in);
+            scratch.clear();
+            (scratch, None)
+        }
+    };
+    // Read what is there, but never more than one largest-possible request beyond what
+    // is already buffered: the parser decides after that.
+    let limit = http::MAX_HEAD_BYTES + http::MAX_BODY_BYTES + 1;
+    let mut eof = false;
+    let mut gone = false;
+    let mut budget = IO_BUDGET_PER_TURN + limit;
+    let mut cut_short = false;
+    while buf.len() < limit {
+        if budget == 0 {
+            cut_short = true;
+            break;
+        }
+        let want = READ_CHUNK.min(limit - buf.len());
+        match conn.read_into(&mut buf, want) {
+            ReadOutcome::Data(n) => {
+                budget = budget.saturating_sub(n);
+                started_ms.get_or_insert(now.mono_ms);
+                if n < want && drain == Drain::UntilShortRead {
+                    break;
+                }
+            }
+            ReadOutcome::WouldBlock => break,
+            ReadOutcome::Eof => {
+                eof = true;
                 break;
             }
-            let want = READ_CHUNK.min(limit - buf.len());
-            match conn.read_into(&mut buf, want) {
-                ReadOutcome::Data(n) => {
-                    budget = budget.saturating_sub(n);
-                    started_ms.get_or_insert(now.mono_ms);
-                    if n < want && drain == Drain::UntilShortRead {
-                        break;
-                    }
-                }
-                ReadOutcome::WouldBlock => break,
-                ReadOutcome::Eof => {
-                    eof = true;
-                    break;
-                }
-                ReadOutcome::Gone => {
-                    gone = true;
-                    break;
-                }
+            ReadOutcome::Gone => {
+                gone = true;
+                break;
             }
-        }
-        if buf.len() >= limit {
-            cut_short = true;
-        }
-        let consumed = self.serve_buffered(key, &buf, now);
-        let rest = &buf[consumed..];
-        let wants_more = self
-            .conns
-            .get(key)
-            .is_some_and(|c| matches!(c.phase, Phase::Request | Phase::Committing));
-        if gone {
-            // Reset: nothing can reach the client any more.
-            self.close_later(key, CloseReason::ClientGone);
-        } else if eof {
-            // The client will send nothing more, but may still read (a half-close): what it
-            // asked for is answered, then the connection closes.
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.peer_closed = true;
-            }
-            match self.conns.get(key).map(|c| &c.phase) {
-                Some(Phase::Committing) => {
-                    for write in self.writes.iter_mut().filter(|w| w.key == key) {
-                        write.reply.keep_alive = false;
-                    }
-                }
-                Some(Phase::Request) => self.begin_close(key, CloseReason::ClientGone, now),
-                _ => {}
-            }
-        } else if wants_more && !rest.is_empty() {
-            let started =
-                if consumed == 0 { started_ms.unwrap_or(now.mono_ms) } else { now.mono_ms };
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.inbuf = Some(Box::new(InBuf { bytes: rest.to_vec(), started_ms: started }));
-                if matches!(conn.phase, Phase::Request) {
-                    self.wheel.schedule(key, started + REQUEST_TIMEOUT_MS);
-                }
-            }
-        }
-        if cut_short && wants_more {
-            if let Some(conn) = self.conns.get(key) {
-                self.again.push((key, conn.gen));
-            }
-        }
-        // Give the scratch back (keeping its capacity, not the conn's buffer's).
-        if buf.capacity() >= self.scratch_in.capacity()
-            && buf.capacity() <= 2 * (limit + READ_CHUNK)
-        {
-            buf.clear();
-            self.scratch_in = buf;
         }
     }
-
-    /// Parses and serves every complete request at the front of `buf`; returns the bytes used.
-    pub(super) fn serve_buffered(&mut self, key: usize, buf: &[u8], now: Now) -> usize {
-        let mut used = 0;
-        while used < buf.len() {
-            match self.conns.get(key) {
-                Some(c) if c.doomed.is_none() && matches!(c.phase, Phase::Request) => {}
-                _ => break,
+    if buf.len() >= limit {
+        cut_short = true;
+    }
+    let (consumed, verdict) = serve_buffered(conn, key, ctx, &buf, now);
+    let rest = &buf[consumed..];
+    // Still reading requests: nothing ended the connection and no stream started.
+    let reading = matches!(verdict, Verdict::Continue | Verdict::Commit(..))
+        && matches!(conn.phase, Phase::Request);
+    let verdict = if gone {
+        // Reset: nothing can reach the client any more. A write already queued is still
+        // applied (the client cannot tell either way); its answer will find the socket dead.
+        conn.peer_closed = true;
+        match verdict {
+            Verdict::Commit(..) => verdict,
+            _ => Verdict::Close(CloseReason::ClientGone),
+        }
+    } else if eof {
+        // The client will send nothing more, but may still read (a half-close): what it
+        // asked for is answered, then the connection closes.
+        conn.peer_closed = true;
+        match verdict {
+            Verdict::Continue if matches!(conn.phase, Phase::Request) => {
+                Verdict::Finish(CloseReason::ClientGone)
             }
-            match http::parse_request(&buf[used..]) {
-                Parse::Partial => break,
-                Parse::Reject(rejection) => {
-                    let response =
-                        api::Response::error(rejection.status, rejection.code, rejection.message);
-                    let reply = Reply { keep_alive: false, route: "invalid", ..Reply::default() };
-                    self.respond(key, &response, &reply, now);
-                    return buf.len();
+            // The EOF came with the stream request: the stream is over before it began, and
+            // must not be counted (health, per-user limit) until a heartbeat finds out.
+            Verdict::Continue if matches!(conn.phase, Phase::Stream(_)) => {
+                Verdict::Close(CloseReason::ClientGone)
+            }
+            other => other,
+        }
+    } else {
+        if reading && !rest.is_empty() {
+            hold_rest(conn, key, ctx, rest, consumed, started_ms, &verdict, now).unwrap_or(
+                match verdict {
+                    Verdict::Continue if cut_short => Verdict::Again,
+                    other => other,
+                },
+            )
+        } else {
+            match verdict {
+                Verdict::Continue if cut_short && reading => Verdict::Again,
+                other => other,
+            }
+        }
+    };
+    // Give the scratch back (keeping its capacity, not the conn's buffer's).
+    if buf.capacity() >= ctx.scratch_in.capacity() && buf.capacity() <= 2 * (limit + READ_CHUNK) {
+        buf.clear();
+        ctx.scratch_in = buf;
+    }
+    verdict
+}
+
+/// Keeps the start of a request that has not fully arrived. A head still incomplete is
+/// not authorized yet: all of those together may hold at most `MAX_UNAUTHORIZED_BYTES`,
+/// past which the newcomer is answered 503 instead of being held. Returns a verdict only
+/// when it refuses.
+#[allow(clippy::too_many_arguments)]
+fn hold_rest(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    rest: &[u8],
+    consumed: usize,
+    started_ms: Option<u64>,
+    verdict: &Verdict,
+    now: Now,
+) -> Option<Verdict> {
+    let unauthorized = http::parse_head(rest).is_none();
+    // Behind a write, the bytes are already read and must be kept: its client is
+    // authorized, and they are served once the write is answered.
+    let over = ctx.held.unauthorized() + rest.len() > MAX_UNAUTHORIZED_BYTES;
+    if unauthorized && over && !matches!(verdict, Verdict::Commit(..)) {
+        log::warn!("too many half-received requests held: answering a new one 503");
+        let response = api::Response::error(
+            503,
+            "unavailable",
+            "too many requests are half-received; try again",
+        );
+        return Some(respond(conn, key, ctx, &response, &Reply::invalid(), now));
+    }
+    let started = if consumed == 0 { started_ms.unwrap_or(now.mono_ms) } else { now.mono_ms };
+    let held = HeldBytes::new(&ctx.held, rest.len(), unauthorized);
+    conn.inbuf = Some(Box::new(InBuf { bytes: rest.to_vec(), started_ms: started, held }));
+    if matches!(verdict, Verdict::Continue) {
+        ctx.wheel.schedule(key, started + REQUEST_TIMEOUT_MS);
+    }
+    None
+}
+
+/// Parses and serves every complete request at the front of `buf`, until one of them needs
+/// more than an answer (a commit, a stream, a close). Returns the bytes used and the verdict
+/// of the last request served.
+fn serve_buffered(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    buf: &[u8],
+    now: Now,
+) -> (usize, Verdict) {
+    let mut used = 0;
+    while used < buf.len() && matches!(conn.phase, Phase::Request) {
+        match http::parse_request(&buf[used..]) {
+            Parse::Partial => {
+                if let Some(head) = http::parse_head(&buf[used..]) {
+                    if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, now) {
+                        return (buf.len(), verdict);
+                    }
                 }
-                Parse::Complete(request, n) => {
-                    used += n;
-                    self.serve(key, &request, now);
+                break;
+            }
+            Parse::Reject(rejection) => {
+                let response =
+                    api::Response::error(rejection.status, rejection.code, rejection.message);
+                return (buf.len(), respond(conn, key, ctx, &response, &Reply::invalid(), now));
+            }
+            Parse::Complete(request, n) => {
+                used += n;
+                match serve(conn, key, ctx, &request, now) {
+                    Verdict::Continue => {}
+                    other => return (used, other),
                 }
             }
         }
-        used
     }
+    (used, Verdict::Continue)
+}
 
-    pub(super) fn serve(&mut self, key: usize, request: &Request<'_>, now: Now) {
-        let shutting_down = self.shutdown_deadline.is_some();
-        let route = api::Route::of(request.path);
-        let allowed_origin = match request.origin {
-            Some(origin) if self.config.cors.allows(origin) => Some(origin.to_vec()),
+fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, now: Now) -> Verdict {
+    let route = api::Route::of(request.path);
+    let allowed_origin = match request.origin {
+        Some(origin) if ctx.config.cors.allows(origin) => Some(origin.to_vec()),
+        _ => None,
+    };
+    let reply = Reply {
+        keep_alive: request.keep_alive && !ctx.shutting_down(),
+        http10: request.http10,
+        allowed_origin,
+        token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
+        route: route.label(),
+        head_only: request.method == http::Method::Head,
+    };
+    if !request.host_is_valid() {
+        return respond(
+            conn,
+            key,
+            ctx,
+            &missing_host(),
+            &Reply { keep_alive: false, ..reply },
+            now,
+        );
+    }
+    let outcome = {
+        let gauges = ctx.gauges();
+        let metrics = &ctx.metrics;
+        let render = move || metrics.render(&gauges);
+        let api_ctx = api::Ctx {
+            store: &ctx.store,
+            registry: &ctx.registry,
+            config: &ctx.config,
+            secret: &ctx.secret,
+            now_ms: now.epoch_ms,
+            render_metrics: &render,
+        };
+        api::handle(request, &api_ctx)
+    };
+    match outcome {
+        Outcome::Respond(response) => respond(conn, key, ctx, &response, &reply, now),
+        Outcome::Preflight => respond_preflight(conn, key, ctx, &reply, now),
+        Outcome::Stream(start) => streams::start(conn, key, ctx, request, start, &reply, now),
+        Outcome::Write(op) => Verdict::Commit(op, reply),
+    }
+}
+
+fn missing_host() -> api::Response {
+    api::Response::error(400, "bad_request", "an HTTP/1.1 request needs exactly one Host header")
+}
+
+/// A request whose head has come but whose body has not: answered now when the head
+/// settles it (no Host, unknown path, wrong method, no valid token), so that its body is
+/// never held. The connection then closes: the body that may still come is read and
+/// dropped while it lingers.
+fn refuse_from_head(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    request: &Request<'_>,
+    now: Now,
+) -> Option<Verdict> {
+    let reply = Reply {
+        keep_alive: false,
+        http10: request.http10,
+        allowed_origin: match request.origin {
+            Some(origin) if ctx.config.cors.allows(origin) => Some(origin.to_vec()),
             _ => None,
+        },
+        token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
+        route: api::Route::of(request.path).label(),
+        head_only: request.method == http::Method::Head,
+    };
+    let response = if request.host_is_valid() {
+        let gauges = ctx.gauges();
+        let metrics = &ctx.metrics;
+        let render = move || metrics.render(&gauges);
+        let api_ctx = api::Ctx {
+            store: &ctx.store,
+            registry: &ctx.registry,
+            config: &ctx.config,
+            secret: &ctx.secret,
+            now_ms: now.epoch_ms,
+            render_metrics: &render,
         };
-        let reply = Reply {
-            keep_alive: request.keep_alive && !shutting_down,
-            http10: request.http10,
-            allowed_origin,
-            token_in_query: request.authorization.is_none()
-                && request.query.contains("access_token"),
-            route: route.label(),
-        };
-        let outcome = {
-            let gauges = self.gauges();
-            let metrics = &self.metrics;
-            let render = move || metrics.render(&gauges);
-            let ctx = Ctx {
-                store: &self.store,
-                registry: &self.registry,
-                config: &self.config,
-                secret: &self.secret,
-                now_ms: now.epoch_ms,
-                render_metrics: &render,
-            };
-            api::handle(request, &ctx)
-        };
-        match outcome {
-            Outcome::Respond(response) => self.respond(key, &response, &reply, now),
-            Outcome::Preflight => self.respond_preflight(key, &reply, now),
-            Outcome::Stream(start) => self.start_stream(key, request, start, &reply, now),
-            Outcome::Write(op) => {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.phase = Phase::Committing;
-                    self.wheel.cancel(key);
-                    self.writes.push(QueuedWrite { key, gen: conn.gen, op, reply });
-                }
-            }
-        }
-    }
+        api::refuse_from_head(request, &api_ctx)?
+    } else {
+        missing_host()
+    };
+    Some(respond(conn, key, ctx, &response, &reply, now))
+}
 
-    pub(super) fn gauges(&self) -> Gauges {
-        Gauges {
-            connections_open: self.conns.len(),
-            streams_open: self.registry.total(),
-            users_with_streams: self.registry.users(),
-            max_conns: self.max_conns,
-        }
+pub(super) fn respond(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    response: &api::Response,
+    reply: &Reply,
+    now: Now,
+) -> Verdict {
+    ctx.metrics.count_request(reply.route, response.status);
+    let mut out = std::mem::take(&mut ctx.scratch_out);
+    out.clear();
+    let mut fields: [(&str, &[u8]); 4] = [("", b""); 4];
+    let mut n = 0;
+    let mut field = |name, value| {
+        fields[n] = (name, value);
+        n += 1;
+    };
+    if !response.content_type.is_empty() {
+        field("Content-Type", response.content_type.as_bytes());
     }
-
-    pub(super) fn write_cors(&self, out: &mut Vec<u8>, reply: &Reply) {
-        if let Some(origin) = &reply.allowed_origin {
-            http::header(out, "Access-Control-Allow-Origin", origin);
-        }
-        // With CORS on, every answer depends on Origin, allowed or not: a shared cache must
-        // not hand one origin's answer to another.
-        if self.config.cors.is_enabled() {
-            http::header(out, "Vary", b"Origin");
-        }
+    if let Some(challenge) = response.www_authenticate {
+        field("WWW-Authenticate", challenge.as_bytes());
     }
-
-    pub(super) fn respond(
-        &mut self,
-        key: usize,
-        response: &api::Response,
-        reply: &Reply,
-        now: Now,
-    ) {
-        self.metrics.count_request(reply.route, response.status);
-        let mut out = std::mem::take(&mut self.scratch_out);
-        out.clear();
-        http::start_head(&mut out, response.status);
-        if !response.content_type.is_empty() {
-            http::header(&mut out, "Content-Type", response.content_type.as_bytes());
-        }
-        if let Some(challenge) = response.www_authenticate {
-            http::header(&mut out, "WWW-Authenticate", challenge.as_bytes());
-        }
-        if let Some(allow) = response.allow {
-            http::header(&mut out, "Allow", allow.as_bytes());
-        }
-        if reply.token_in_query {
-            http::header(&mut out, "Cache-Control", b"no-store");
-        }
-        self.write_cors(&mut out, reply);
-        http::end_head(&mut out, response.status, response.body.len(), reply.persistence());
+    if let Some(allow) = response.allow {
+        field("Allow", allow.as_bytes());
+    }
+    if reply.token_in_query {
+        field("Cache-Control", b"no-store");
+    }
+    head::write_head(
+        &mut out,
+        response.status,
+        ctx.date(),
+        &fields[..n],
+        reply.cors(ctx),
+        Framing::Length(response.body.len(), reply.persistence()),
+    );
+    if !reply.head_only {
         out.extend_from_slice(response.body.as_bytes());
-        self.send(key, &out, now);
-        self.scratch_out = out;
-        self.after_answer(key, reply.keep_alive, now);
     }
+    let sent = output::send(conn, ctx, &out, now);
+    ctx.scratch_out = out;
+    match sent {
+        Ok(()) => after_answer(conn, key, ctx, reply.keep_alive, now),
+        Err(reason) => Verdict::Close(reason),
+    }
+}
 
-    pub(super) fn respond_preflight(&mut self, key: usize, reply: &Reply, now: Now) {
-        self.metrics.count_request("options", 204);
-        let mut out = std::mem::take(&mut self.scratch_out);
-        out.clear();
-        http::start_head(&mut out, 204);
-        if reply.allowed_origin.is_some() {
-            self.write_cors(&mut out, reply);
-            http::header(&mut out, "Access-Control-Allow-Methods", b"GET, POST, PUT, OPTIONS");
-            http::header(
-                &mut out,
-                "Access-Control-Allow-Headers",
-                b"Authorization, Content-Type, Last-Event-ID",
-            );
-            http::header(&mut out, "Access-Control-Max-Age", b"600");
-        }
-        http::end_head(&mut out, 204, 0, reply.persistence());
-        self.send(key, &out, now);
-        self.scratch_out = out;
-        self.after_answer(key, reply.keep_alive, now);
+fn respond_preflight(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    reply: &Reply,
+    now: Now,
+) -> Verdict {
+    ctx.metrics.count_request("options", 204);
+    let mut out = std::mem::take(&mut ctx.scratch_out);
+    out.clear();
+    let persistence = reply.persistence();
+    if reply.allowed_origin.is_some() {
+        let fields: [(&str, &[u8]); 3] = [
+            ("Access-Control-Allow-Methods", b"GET, POST, PUT, OPTIONS"),
+            ("Access-Control-Allow-Headers", b"Authorization, Content-Type, Last-Event-ID"),
+            ("Access-Control-Max-Age", b"600"),
+        ];
+        let date = ctx.date();
+        head::write_head(
+            &mut out,
+            204,
+            date,
+            &fields,
+            reply.cors(ctx),
+            Framing::Length(0, persistence),
+        );
+    } else {
+        head::write_head(
+            &mut out,
+            204,
+            ctx.date(),
+            &[],
+            head::Cors::default(),
+            Framing::Length(0, persistence),
+        );
     }
+    let sent = output::send(conn, ctx, &out, now);
+    ctx.scratch_out = out;
+    match sent {
+        Ok(()) => after_answer(conn, key, ctx, reply.keep_alive, now),
+        Err(reason) => Verdict::Close(reason),
+    }
+}
 
-    /// After a whole answer: wait for the next request, or close.
-    pub(super) fn after_answer(&mut self, key: usize, keep_alive: bool, now: Now) {
-        if !keep_alive {
-            self.begin_close(key, CloseReason::Finished, now);
-            return;
-        }
-        if let Some(conn) = self.conns.get_mut(key) {
-            if conn.doomed.is_none() {
-                conn.phase = Phase::Request;
-                self.wheel.schedule(key, now.mono_ms + KEEP_ALIVE_TIMEOUT_MS);
-            }
-        }
+/// After a whole answer: wait for the next request, or close.
+fn after_answer(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    keep_alive: bool,
+    now: Now,
+) -> Verdict {
+    if !keep_alive {
+        return Verdict::Finish(CloseReason::Finished);
     }
+    conn.await_request();
+    ctx.wheel.schedule(key, now.mono_ms + KEEP_ALIVE_TIMEOUT_MS);
+    Verdict::Continue
+}
+
+/// A request-phase connection's deadline passed: a started request gets 408, an idle
+/// connection is closed without a word.
+pub(super) fn on_request_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -> Verdict {
+    if conn.inbuf.is_none() {
+        return Verdict::Close(CloseReason::Timeout);
+    }
+    let t = http::TIMEOUT;
+    let response = api::Response::error(t.status, t.code, t.message);
+    let verdict = respond(conn, key, ctx, &response, &Reply::invalid(), now);
+    conn.inbuf = None;
+    verdict
 }

@@ -1,218 +1,231 @@
 //! Event streams: opening one (head, `retry`, `connected`, replay or snapshot), heartbeats,
-//! fan-out of a notification to every stream of its user, and ending a stream properly.
+//! and fan-out of a notification to every stream of its user. Ending a stream (its last
+//! chunk) is `Verdict::Finish`, carried out in `verdict.rs`.
 //!
 //! Every frame is encoded once as an HTTP chunk; HTTP/1.0 streams get the same bytes without
 //! the chunk framing.
 
-use super::requests::Reply;
-use super::{Now, Server};
+use super::ctx::{Ctx, Now};
+use super::head::{self, Framing};
+use super::output;
+use super::requests::{self, Reply};
+use super::verdict::{self, Verdict};
 use crate::api::{self, Resume, StreamStart};
 use crate::conn::{Conn, Phase, StreamState};
 use crate::domain::UserId;
-use crate::http::{self, Request};
+use crate::http::Request;
 use crate::jwt;
+use crate::key::{ConnKey, SlabKey};
 use crate::metrics::CloseReason;
 use crate::sse;
 use crate::writes::Notification;
+use slab::Slab;
 
-impl Server {
-    pub(super) fn start_stream(
-        &mut self,
-        key: usize,
-        request: &Request<'_>,
-        start: StreamStart,
-        reply: &Reply,
-        now: Now,
-    ) {
-        let chunked = !request.http10;
-        let mut out = std::mem::take(&mut self.scratch_out);
-        out.clear();
-        http::start_head(&mut out, 200);
-        http::header(&mut out, "Content-Type", b"text/event-stream");
-        let cache = if reply.token_in_query { &b"no-cache, no-store"[..] } else { b"no-cache" };
-        http::header(&mut out, "Cache-Control", cache);
-        http::header(&mut out, "X-Accel-Buffering", b"no");
-        self.write_cors(&mut out, reply);
+pub(super) fn start(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    request: &Request<'_>,
+    start: StreamStart,
+    reply: &Reply,
+    now: Now,
+) -> Verdict {
+    let chunked = !request.http10;
+    let mut out = std::mem::take(&mut ctx.scratch_out);
+    out.clear();
+    let cache = if reply.token_in_query { &b"no-cache, no-store"[..] } else { b"no-cache" };
+    let fields: [(&str, &[u8]); 3] = [
+        ("Content-Type", b"text/event-stream"),
+        ("Cache-Control", cache),
+        ("X-Accel-Buffering", b"no"),
+    ];
+    let date = ctx.date();
+    head::write_head(&mut out, 200, date, &fields, reply.cors(ctx), Framing::Stream { chunked });
+    if reply.head_only {
+        // HEAD: the stream's head and nothing else; the connection ends as a stream's would.
+        ctx.metrics.count_request(reply.route, 200);
+        let sent = output::send(conn, ctx, &out, now);
+        ctx.scratch_out = out;
+        return match sent {
+            Ok(()) => Verdict::Finish(CloseReason::Finished),
+            Err(reason) => Verdict::Close(reason),
+        };
+    }
+    let events = match encode_opening(ctx, &mut out, &start, chunked, now) {
+        Ok(events) => events,
+        Err(e) => {
+            ctx.scratch_out = out;
+            let reply = Reply { keep_alive: false, ..reply.clone() };
+            return requests::respond(conn, key, ctx, &api::storage_error(e), &reply, now);
+        }
+    };
+    let lifetime_ms = (start.expires_at.saturating_add(jwt::LEEWAY_SECS))
+        .saturating_mul(1000)
+        .saturating_sub(now.epoch_ms)
+        .max(0) as u64;
+    let stream = StreamState {
+        user: start.user,
+        expires_at_ms: now.mono_ms.saturating_add(lifetime_ms),
+        next_heartbeat_ms: now.mono_ms + ctx.config.heartbeat_secs * 1000,
+        chunked,
+    };
+    let deadline = stream.next_heartbeat_ms.min(stream.expires_at_ms);
+    conn.start_streaming(stream);
+    let open = ctx.registry.add(start.user, key);
+    ctx.wheel.schedule(key, deadline);
+    ctx.metrics.streams_started += 1;
+    ctx.metrics.count_request(reply.route, 200);
+    ctx.metrics.events_connected += 1;
+    ctx.metrics.events_notification += events;
+    log::info!("SSE client connected for user {} ({} open)", start.user, open);
+    // The opening counts toward the slow-consumer limit like everything else (SPEC §5): a
+    // full replay of the kept notifications is about 200 KiB, under the 256 KiB limit.
+    let sent = output::send(conn, ctx, &out, now);
+    ctx.scratch_out = out;
+    match sent {
+        Ok(()) => Verdict::Continue,
+        Err(reason) => Verdict::Close(reason),
+    }
+}
+
+/// `retry:`, `connected`, then the missed notifications or the current status.
+fn encode_opening(
+    ctx: &Ctx,
+    out: &mut Vec<u8>,
+    start: &StreamStart,
+    chunked: bool,
+    now: Now,
+) -> Result<u64, crate::store::StoreError> {
+    let retry_ms = ctx.config.retry_ms;
+    let mut notifications = 0;
+    let frame = |out: &mut Vec<u8>, encode: &mut dyn FnMut(&mut Vec<u8>)| {
         if chunked {
-            http::header(&mut out, "Transfer-Encoding", b"chunked");
+            sse::encode_chunk(out, |o| encode(o));
+        } else {
+            encode(out);
         }
-        // The stream is the last thing on this connection, whatever it ends by.
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
-        let opened = self.encode_stream_opening(&mut out, &start, chunked, now);
-        let events = match opened {
-            Ok(events) => events,
-            Err(e) => {
-                self.scratch_out = out;
-                let reply = Reply { keep_alive: false, ..reply.clone() };
-                self.respond(key, &api::storage_error(e), &reply, now);
-                return;
+    };
+    frame(out, &mut |o| {
+        sse::encode_retry(o, retry_ms);
+        sse::encode_event(
+            o,
+            None,
+            "connected",
+            r#"{"message":"Connected to Spending notifications"}"#,
+        );
+    });
+    match start.resume {
+        Resume::After(last) => {
+            ctx.store.notifications_after(start.user, last, |id, data| {
+                notifications += 1;
+                frame(out, &mut |o| sse::encode_event(o, Some(id), "notification", data));
+            })?;
+        }
+        Resume::Snapshot => {
+            if let Some(status) = ctx.store.active_status(start.user, now.epoch_ms)? {
+                let id = ctx.store.last_notification_id(start.user)?;
+                let mut data = String::with_capacity(256);
+                status.write_notification_json(start.user, now.epoch_ms, &mut data);
+                notifications += 1;
+                frame(out, &mut |o| sse::encode_event(o, Some(id), "notification", &data));
             }
-        };
-        let Some(conn) = self.conns.get_mut(key) else {
-            self.scratch_out = out;
-            return;
-        };
-        let lifetime_ms = (start.expires_at.saturating_add(jwt::LEEWAY_SECS))
-            .saturating_mul(1000)
-            .saturating_sub(now.epoch_ms)
-            .max(0) as u64;
-        let stream = StreamState {
-            user: start.user,
-            expires_at_ms: now.mono_ms.saturating_add(lifetime_ms),
-            next_heartbeat_ms: now.mono_ms + self.config.heartbeat_secs * 1000,
-            chunked,
-        };
-        let deadline = stream.next_heartbeat_ms.min(stream.expires_at_ms);
-        conn.phase = Phase::Stream(stream);
-        conn.inbuf = None; // anything after the stream request is ignored
-        let open = self.registry.add(start.user, key);
-        self.wheel.schedule(key, deadline);
-        self.metrics.streams_started += 1;
-        self.metrics.count_request(reply.route, 200);
-        self.metrics.events_connected += 1;
-        self.metrics.events_notification += events;
-        log::info!("SSE client connected for user {} ({} open)", start.user, open);
-        self.send_with_allowance(key, &out, out.len(), now);
-        self.scratch_out = out;
+        }
     }
+    Ok(notifications)
+}
 
-    /// `retry:`, `connected`, then the missed notifications or the current status.
-    pub(super) fn encode_stream_opening(
-        &mut self,
-        out: &mut Vec<u8>,
-        start: &StreamStart,
-        chunked: bool,
-        now: Now,
-    ) -> Result<u64, crate::store::StoreError> {
-        let retry_ms = self.config.retry_ms;
-        let mut notifications = 0;
-        let frame = |out: &mut Vec<u8>, encode: &mut dyn FnMut(&mut Vec<u8>)| {
-            if chunked {
-                sse::encode_chunk(out, |o| encode(o));
-            } else {
-                encode(out);
-            }
-        };
-        frame(out, &mut |o| {
-            sse::encode_retry(o, retry_ms);
-            sse::encode_event(
-                o,
-                None,
-                "connected",
-                r#"{"message":"Connected to Spending notifications"}"#,
-            );
-        });
-        match start.resume {
-            Resume::After(last) => {
-                self.store.notifications_after(start.user, last, |id, data| {
-                    notifications += 1;
-                    frame(out, &mut |o| sse::encode_event(o, Some(id), "notification", data));
-                })?;
-            }
-            Resume::Snapshot => {
-                if let Some(status) = self.store.active_status(start.user, now.epoch_ms)? {
-                    let id = self.store.last_notification_id(start.user)?;
-                    let mut data = String::with_capacity(256);
-                    status.write_notification_json(start.user, now.epoch_ms, &mut data);
-                    notifications += 1;
-                    frame(out, &mut |o| sse::encode_event(o, Some(id), "notification", &data));
-                }
-            }
-        }
-        Ok(notifications)
+/// A stream's one deadline passed: its token expired, or a heartbeat is due.
+pub(super) fn on_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -> Verdict {
+    let Phase::Stream(stream) = &conn.phase else {
+        return Verdict::Continue;
+    };
+    if now.mono_ms >= stream.expires_at_ms {
+        return Verdict::Finish(CloseReason::Expired);
     }
-
-    pub(super) fn on_stream_timer(&mut self, key: usize, now: Now) {
-        let Some(Conn { phase: Phase::Stream(stream), .. }) = self.conns.get(key) else {
-            return;
-        };
-        if now.mono_ms >= stream.expires_at_ms {
-            self.end_stream(key, CloseReason::Expired, now);
-            return;
+    if now.mono_ms >= stream.next_heartbeat_ms {
+        let chunked = stream.chunked;
+        let epoch_ms = now.epoch_ms;
+        if !matches!(&ctx.heartbeat_frame, Some((at, ..)) if *at == epoch_ms) {
+            let mut frame = Vec::with_capacity(64);
+            let inner = sse::encode_chunk(&mut frame, |o| sse::encode_heartbeat(o, epoch_ms));
+            ctx.heartbeat_frame = Some((epoch_ms, frame, inner));
         }
-        if now.mono_ms >= stream.next_heartbeat_ms {
-            let chunked = stream.chunked;
-            let epoch_ms = now.epoch_ms;
-            if !matches!(&self.heartbeat_frame, Some((at, ..)) if *at == epoch_ms) {
-                let mut frame = Vec::with_capacity(64);
-                let inner = sse::encode_chunk(&mut frame, |o| sse::encode_heartbeat(o, epoch_ms));
-                self.heartbeat_frame = Some((epoch_ms, frame, inner));
-            }
-            let Some((at, frame, inner)) = self.heartbeat_frame.take() else {
-                return;
-            };
+        if let Some((at, frame, inner)) = ctx.heartbeat_frame.take() {
             let bytes = if chunked { &frame[..] } else { &frame[inner.clone()] };
-            self.metrics.events_heartbeat += 1;
-            self.send(key, bytes, now);
-            self.heartbeat_frame = Some((at, frame, inner));
+            ctx.metrics.events_heartbeat += 1;
+            let sent = output::send(conn, ctx, bytes, now);
+            ctx.heartbeat_frame = Some((at, frame, inner));
+            if let Err(reason) = sent {
+                return Verdict::Close(reason);
+            }
         }
-        let period = self.config.heartbeat_secs * 1000;
-        let Some(Conn { phase: Phase::Stream(stream), doomed: None, .. }) = self.conns.get_mut(key)
-        else {
-            return;
-        };
-        while stream.next_heartbeat_ms <= now.mono_ms {
-            stream.next_heartbeat_ms += period;
-        }
-        let deadline = stream.next_heartbeat_ms.min(stream.expires_at_ms);
-        self.wheel.schedule(key, deadline);
-        self.check_backlog(key, now);
     }
+    let period = ctx.config.heartbeat_secs * 1000;
+    let Phase::Stream(stream) = &mut conn.phase else {
+        return Verdict::Continue;
+    };
+    while stream.next_heartbeat_ms <= now.mono_ms {
+        stream.next_heartbeat_ms += period;
+    }
+    let deadline = stream.next_heartbeat_ms.min(stream.expires_at_ms);
+    ctx.wheel.schedule(key, deadline);
+    match output::check_backlog(conn, now) {
+        Ok(()) => Verdict::Continue,
+        Err(reason) => Verdict::Close(reason),
+    }
+}
 
-    /// Ends a stream properly: the last chunk (so `curl -N` exits 0), then FIN.
-    pub(super) fn end_stream(&mut self, key: usize, reason: CloseReason, now: Now) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Phase::Stream(stream) = &conn.phase else {
-            return;
-        };
-        let (user, chunked) = (stream.user, stream.chunked);
-        conn.phase = Phase::Closing { user: Some(user), fin_sent: false };
-        let why = match reason {
-            CloseReason::Expired => "token expired",
-            CloseReason::Deactivated => "user deactivated",
-            CloseReason::Shutdown => "server shutting down",
-            _ => reason.label(),
-        };
-        log::info!("SSE stream ended for user {user}: {why}");
-        let open = self.registry.remove(user, key);
-        log::info!("SSE client removed for user {user} ({open} open)");
-        if chunked {
-            self.send(key, sse::LAST_CHUNK, now);
-        }
-        self.begin_close(key, reason, now);
-    }
+/// The live stream at `key`, if the slab still holds that connection and it still streams.
+fn live_stream(conns: &mut Slab<Conn>, key: ConnKey) -> Option<&mut Conn> {
+    conns.get_mut(key.index()).filter(|c| {
+        c.gen == key.generation() && c.doomed.is_none() && matches!(c.phase, Phase::Stream(_))
+    })
+}
 
-    /// Ends every open stream of `user` (deactivation).
-    pub(super) fn end_streams_of(&mut self, user: UserId, reason: CloseReason, now: Now) {
-        let keys: Vec<u32> = self.registry.streams_of(user).to_vec();
-        for key in keys {
-            self.end_stream(key as usize, reason, now);
+/// Ends every open stream of `user` (deactivation).
+pub(super) fn end_streams_of(
+    conns: &mut Slab<Conn>,
+    ctx: &mut Ctx,
+    user: UserId,
+    reason: CloseReason,
+    now: Now,
+) {
+    let mut keys = std::mem::take(&mut ctx.fanout_keys);
+    keys.clear();
+    keys.extend_from_slice(ctx.registry.streams_of(user));
+    for &key in &keys {
+        if let Some(conn) = live_stream(conns, key) {
+            verdict::carry_out(conn, key, ctx, Verdict::Finish(reason), now);
         }
     }
+    ctx.fanout_keys = keys;
+}
 
-    /// Writes one notification to every open stream of its user, from one encoding.
-    pub(super) fn fan_out(&mut self, note: &Notification, now: Now) {
-        if self.registry.count(note.user) == 0 {
-            return;
-        }
-        let mut frame = std::mem::take(&mut self.scratch_out);
-        frame.clear();
-        let inner = sse::encode_chunk(&mut frame, |o| {
-            sse::encode_event(o, Some(note.id), "notification", &note.data)
-        });
-        let mut keys = std::mem::take(&mut self.fanout_keys);
-        keys.clear();
-        keys.extend_from_slice(self.registry.streams_of(note.user));
-        for &key in &keys {
-            let key = key as usize;
-            let chunked = matches!(self.conns.get(key).map(|c| &c.phase), Some(Phase::Stream(s)) if s.chunked);
-            let bytes = if chunked { &frame[..] } else { &frame[inner.clone()] };
-            self.metrics.events_notification += 1;
-            self.send(key, bytes, now);
-        }
-        self.fanout_keys = keys;
-        self.scratch_out = frame;
+/// Writes one notification to every open stream of its user, from one encoding.
+pub(super) fn fan_out(conns: &mut Slab<Conn>, ctx: &mut Ctx, note: &Notification, now: Now) {
+    if ctx.registry.count(note.user) == 0 {
+        return;
     }
+    let mut frame = std::mem::take(&mut ctx.scratch_out);
+    frame.clear();
+    let inner = sse::encode_chunk(&mut frame, |o| {
+        sse::encode_event(o, Some(note.id), "notification", &note.data)
+    });
+    let mut keys = std::mem::take(&mut ctx.fanout_keys);
+    keys.clear();
+    keys.extend_from_slice(ctx.registry.streams_of(note.user));
+    for &key in &keys {
+        // A stream that ended this turn is still registered until the reap: skip it.
+        let Some(conn) = live_stream(conns, key) else {
+            continue;
+        };
+        let chunked = matches!(&conn.phase, Phase::Stream(s) if s.chunked);
+        let bytes = if chunked { &frame[..] } else { &frame[inner.clone()] };
+        ctx.metrics.events_notification += 1;
+        if let Err(reason) = output::send(conn, ctx, bytes, now) {
+            verdict::carry_out(conn, key, ctx, Verdict::Close(reason), now);
+        }
+    }
+    ctx.fanout_keys = keys;
+    ctx.scratch_out = frame;
 }

@@ -1,0 +1,177 @@
+//! What the loop lends its handlers: everything but the slab and the poll.
+//!
+//! `Server` (in `mod.rs`) owns the sockets: the poll, the listener and the slab of
+//! connections. Everything a handler may need besides its own connection lives here — the
+//! timer wheel, the registry, the store, metrics, configuration, scratch buffers, and the
+//! lists through which verdicts reach the loop's later steps (`again`, `batch`, `ended`,
+//! `to_close`) — so a handler borrows one `Conn` and the `Ctx` at once, and the slab is never
+//! searched again for the connection at hand.
+
+use super::commit::QueuedWrite;
+use crate::config::Config;
+use crate::domain::UserId;
+use crate::key::ConnKey;
+use crate::metrics::{Gauges, Metrics};
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::timer::TimerWheel;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Both clocks, read once after each poll.
+#[derive(Clone, Copy)]
+pub(super) struct Now {
+    /// Monotonic milliseconds since the server started: timers.
+    pub(super) mono_ms: u64,
+    /// Wall clock, epoch milliseconds: tokens and timestamps.
+    pub(super) epoch_ms: i64,
+}
+
+pub(super) struct Ctx {
+    pub(super) wheel: TimerWheel<ConnKey>,
+    pub(super) registry: Registry<ConnKey>,
+    pub(super) store: Store,
+    pub(super) metrics: Metrics,
+    pub(super) config: Config,
+    pub(super) secret: crate::jwt::Key,
+    pub(super) max_conns: usize,
+    /// Open connections (the slab's length), kept here for `/metrics`.
+    pub(super) conns_open: usize,
+    started: Instant,
+    /// Reused read buffer: a request that arrives whole never allocates a buffer of its own.
+    pub(super) scratch_in: Vec<u8>,
+    pub(super) scratch_out: Vec<u8>,
+    pub(super) fanout_keys: Vec<ConnKey>,
+    pub(super) due: Vec<ConnKey>,
+    /// This turn's heartbeat frame (every heartbeat in a turn carries the same timestamp).
+    pub(super) heartbeat_frame: Option<(i64, Vec<u8>, std::ops::Range<usize>)>,
+    /// Connections whose read or write was cut short by the per-turn budget.
+    pub(super) again: Vec<ConnKey>,
+    /// Writes waiting for this turn's group commit.
+    pub(super) batch: Vec<QueuedWrite>,
+    /// Streams that ended this turn (their connection lingers): unlinked at the reap.
+    pub(super) ended: Vec<(ConnKey, UserId)>,
+    /// Connections marked to close: removed at the reap.
+    pub(super) to_close: Vec<ConnKey>,
+    pub(super) shutdown_deadline: Option<u64>,
+    /// Bytes held by requests whose head has not fully arrived (see `HeldBytes`).
+    pub(super) held: std::sync::Arc<crate::conn::HeldCounters>,
+    /// Request buffer bytes released since the allocator was last asked to give memory back.
+    released_at_last_trim: usize,
+    /// The `Date` of every answer: formatted once per second, not per response.
+    date: String,
+    date_second: i64,
+    rng: u64,
+}
+
+impl Ctx {
+    pub(super) fn new(
+        config: Config,
+        store: Store,
+        secret: &[u8],
+        max_conns: usize,
+        read_chunk: usize,
+    ) -> Ctx {
+        Ctx {
+            wheel: TimerWheel::new(0),
+            registry: Registry::new(),
+            store,
+            metrics: Metrics::default(),
+            config,
+            secret: crate::jwt::Key::new(secret),
+            max_conns,
+            conns_open: 0,
+            started: Instant::now(),
+            scratch_in: Vec::with_capacity(read_chunk * 2),
+            scratch_out: Vec::with_capacity(64 * 1024),
+            fanout_keys: Vec::new(),
+            due: Vec::new(),
+            heartbeat_frame: None,
+            again: Vec::new(),
+            batch: Vec::new(),
+            ended: Vec::new(),
+            to_close: Vec::new(),
+            shutdown_deadline: None,
+            held: Default::default(),
+            released_at_last_trim: 0,
+            date: crate::time::imf_fixdate(0),
+            date_second: 0,
+            rng: seed_rng(),
+        }
+    }
+
+    pub(super) fn now(&self) -> Now {
+        let epoch_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        Now { mono_ms: self.started.elapsed().as_millis() as u64, epoch_ms }
+    }
+
+    /// Re-formats the `Date` field when the second has changed (called once per turn).
+    pub(super) fn refresh_date(&mut self, now: Now) {
+        let second = now.epoch_ms.div_euclid(1000);
+        if second != self.date_second {
+            self.date_second = second;
+            self.date = crate::time::imf_fixdate(second * 1000);
+        }
+    }
+
+    pub(super) fn date(&self) -> &[u8] {
+        self.date.as_bytes()
+    }
+
+    /// After many request buffers have gone (a burst of half-received requests), asks the
+    /// allocator to hand the freed memory back to the system: glibc keeps it otherwise, and
+    /// a burst of 1000 clients would stay in the RSS after they left.
+    pub(super) fn give_memory_back(&mut self) {
+        const TRIM_AFTER_BYTES: usize = 4 << 20;
+        let released = self.held.released();
+        if released.wrapping_sub(self.released_at_last_trim) < TRIM_AFTER_BYTES {
+            return;
+        }
+        self.released_at_last_trim = released;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    pub(super) fn shutting_down(&self) -> bool {
+        self.shutdown_deadline.is_some()
+    }
+
+    pub(super) fn gauges(&self) -> Gauges {
+        Gauges {
+            connections_open: self.conns_open,
+            streams_open: self.registry.total(),
+            users_with_streams: self.registry.users(),
+            max_conns: self.max_conns,
+        }
+    }
+
+    pub(super) fn random_below(&mut self, bound: u64) -> u64 {
+        // xorshift64*: plenty for spreading reconnects, not for secrets.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        if bound == 0 {
+            0
+        } else {
+            x % bound
+        }
+    }
+}
+
+fn seed_rng() -> u64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let from_os =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_ok();
+    let seed = u64::from_le_bytes(bytes);
+    if from_os && seed != 0 {
+        seed
+    } else {
+        // Only the spread of reconnect delays depends on this; the clock is good enough.
+        (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)) | 1
+    }
+}
