@@ -60,7 +60,7 @@ pub(super) struct Ctx {
     /// The `Date` of every answer: formatted once per second, not per response.
     date: String,
     date_second: i64,
-    rng: u64,
+    rng: crate::rng::Rng,
 }
 
 impl Ctx {
@@ -95,7 +95,7 @@ impl Ctx {
             released_at_last_trim: 0,
             date: crate::time::imf_fixdate(0),
             date_second: 0,
-            rng: seed_rng(),
+            rng: crate::rng::Rng::from_entropy(),
         }
     }
 
@@ -149,29 +149,6 @@ impl Ctx {
     }
 
     pub(super) fn random_below(&mut self, bound: u64) -> u64 {
-        // xorshift64*: plenty for spreading reconnects, not for secrets.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        if bound == 0 {
-            0
-        } else {
-            x % bound
-        }
-    }
-}
-
-fn seed_rng() -> u64 {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    let from_os =
-        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_ok();
-    let seed = u64::from_le_bytes(bytes);
-    if from_os && seed != 0 {
-        seed
-    } else {
-        // Only the spread of reconnect delays depends on this; the clock is good enough.
-        (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)) | 1
+        self.rng.below(bound)
     }
 }
