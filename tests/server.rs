@@ -1537,7 +1537,7 @@ fn with_cors_every_answer_varies_on_origin_and_two_authorizations_are_refused() 
     assert_eq!(r.header("Access-Control-Allow-Origin"), None);
     assert_eq!(r.header("Vary").as_deref(), Some("Origin"));
     let raw = format!(
-        "GET {HEALTH} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        "GET {HEALTH} HTTP/1.1\r\nAuthorization: Bearer x\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
     let r = request(server.addr, &raw);
     assert_eq!(r.status, 400);
