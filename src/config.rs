@@ -24,6 +24,10 @@ pub struct Config {
     pub cors: Cors,
     pub demo: bool,
     pub log_level: log::LevelFilter,
+    /// `--access-log`: one info line per request.
+    pub access_log: bool,
+    /// `--metrics-listen ADDR`: a second, unauthenticated listener for `GET /metrics`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Which browser origins may read our answers.
@@ -92,6 +96,8 @@ Serve options:
   --cors-origin ORIGIN       allowed browser origin; repeat or separate with commas; * = any
   --demo                     make sure demo user 13 exists with a limit and transactions
   --log-level LEVEL          error, warn, info, debug or trace [env RUST_LOG] (default info)
+  --access-log               log one line per request (method, path, status, bytes, time, user)
+  --metrics-listen ADDR      also serve GET /metrics, unauthenticated, on ADDR (keep it private)
 
 The HS256 key is JWT_SECRET (at least 32 bytes) when set, otherwise a random key kept in
 <db>.secret, which `periode-sse token` reads too.
@@ -112,6 +118,7 @@ pub fn parse_args(
     let mut cors = Cors::default();
     let mut demo = false;
     let mut log_level: Option<String> = None;
+    let (mut access_log, mut metrics_listen) = (false, None);
     while let Some(arg) = parser.next()? {
         use lexopt::prelude::*;
         match arg {
@@ -144,6 +151,15 @@ pub fn parse_args(
             }
             Long("demo") => demo = true,
             Long("log-level") => log_level = Some(string(parser.value()?)?),
+            Long("access-log") => access_log = true,
+            Long("metrics-listen") => {
+                let text = string(parser.value()?)?;
+                metrics_listen = Some(text.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "--metrics-listen {text:?} is not an address like 127.0.0.1:9898"
+                    ))
+                })?)
+            }
             other => return Err(other.unexpected().into()),
         }
         first = false;
@@ -169,6 +185,8 @@ pub fn parse_args(
         cors,
         demo,
         log_level,
+        access_log,
+        metrics_listen,
     }))
 }
 

@@ -128,6 +128,8 @@ pub struct Conn {
     pub doomed: Option<CloseReason>,
     /// The client has sent EOF: once our answer is out, nothing keeps the connection.
     pub peer_closed: bool,
+    /// Accepted on the `--metrics-listen` port: it is answered `/metrics` and nothing else.
+    pub metrics_only: bool,
 }
 
 pub enum ReadOutcome {
@@ -158,6 +160,7 @@ impl Conn {
             unsent: None,
             doomed: None,
             peer_closed: false,
+            metrics_only: false,
         }
     }
 

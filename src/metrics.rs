@@ -47,6 +47,22 @@ impl CloseReason {
 
 /// Upper bounds of the commit batch size histogram (the last bucket is +Inf).
 const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, u64::MAX];
+/// Upper bounds of the commit latency histogram, in microseconds (the last bucket is +Inf):
+/// an fsync on a good disk is well under a millisecond, on an SD card tens of them.
+const LATENCY_BUCKETS_US: [u64; 12] = [
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    u64::MAX,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -64,6 +80,9 @@ pub struct Metrics {
     pub accept_errors: u64,
     /// Commit batch sizes: counts per bucket of `BATCH_BUCKETS` (cumulative at render time).
     batch_buckets: [u64; BATCH_BUCKETS.len()],
+    /// Commit latencies: counts per bucket of `LATENCY_BUCKETS_US`, and their sum.
+    latency_buckets: [u64; LATENCY_BUCKETS_US.len()],
+    latency_sum_us: u64,
     disconnects: BTreeMap<CloseReason, u64>,
     requests: BTreeMap<(&'static str, u16), u64>,
 }
@@ -74,6 +93,18 @@ pub struct Gauges {
     pub streams_open: usize,
     pub users_with_streams: usize,
     pub max_conns: usize,
+    /// Figures of the process and its files, read by the server at render time; `None`
+    /// when they cannot be read (no `/proc`, a file gone).
+    pub process: Process,
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct Process {
+    pub resident_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    pub start_time_secs: Option<f64>,
+    pub db_bytes: Option<u64>,
+    pub wal_bytes: Option<u64>,
 }
 
 impl Metrics {
@@ -94,8 +125,17 @@ impl Metrics {
         }
     }
 
+    /// One batch's commit, from the first write applied to the commit's return.
+    pub fn count_commit_latency(&mut self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(us);
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&le| us <= le) {
+            self.latency_buckets[i] += 1;
+        }
+    }
+
     pub fn render(&self, g: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut out = String::with_capacity(6144);
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
         };
@@ -168,6 +208,26 @@ impl Metrics {
         let _ = writeln!(out, "periode_sse_commit_batch_size_sum {}", self.commit_batch_writes);
         let _ = writeln!(out, "periode_sse_commit_batch_size_count {}", self.commit_batches);
         out.push_str(
+            "# HELP periode_sse_commit_duration_seconds Time one batch took to become durable.\n",
+        );
+        out.push_str("# TYPE periode_sse_commit_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (le, count) in LATENCY_BUCKETS_US.iter().zip(self.latency_buckets) {
+            cumulative += count;
+            let le = if *le == u64::MAX { "+Inf".to_string() } else { seconds(*le) };
+            let _ = writeln!(
+                out,
+                "periode_sse_commit_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "periode_sse_commit_duration_seconds_sum {}",
+            seconds(self.latency_sum_us)
+        );
+        let _ = writeln!(out, "periode_sse_commit_duration_seconds_count {cumulative}");
+        render_process(&mut out, &g.process);
+        out.push_str(
             "# HELP periode_sse_events_sent_total Events written to streams, by event name.\n",
         );
         out.push_str("# TYPE periode_sse_events_sent_total counter\n");
@@ -213,6 +273,55 @@ impl Metrics {
     }
 }
 
+/// Microseconds as decimal seconds, exactly (`0.0005`, `1`, `12.000001`).
+fn seconds(us: u64) -> String {
+    let (whole, frac) = (us / 1_000_000, us % 1_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:06}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// The process figures, under the names Prometheus client libraries use for them, plus the
+/// build and the database files' sizes. A figure that could not be read is left out.
+fn render_process(out: &mut String, p: &Process) {
+    let mut gauge = |name: &str, help: &str, labels: &str, value: Option<String>| {
+        if let Some(value) = value {
+            let _ =
+                write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{labels} {value}\n");
+        }
+    };
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        "",
+        p.resident_bytes.map(|v| v.to_string()),
+    );
+    gauge("process_open_fds", "Open file descriptors.", "", p.open_fds.map(|v| v.to_string()));
+    gauge(
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch, in seconds.",
+        "",
+        p.start_time_secs.map(|v| format!("{v:.3}")),
+    );
+    gauge(
+        "periode_sse_build_info",
+        "The running build (always 1).",
+        concat!("{version=\"", env!("CARGO_PKG_VERSION"), "\"}"),
+        Some("1".to_string()),
+    );
+    if p.db_bytes.is_some() || p.wal_bytes.is_some() {
+        out.push_str("# HELP periode_sse_database_size_bytes Size of the SQLite files on disk.\n");
+        out.push_str("# TYPE periode_sse_database_size_bytes gauge\n");
+        for (file, bytes) in [("main", p.db_bytes), ("wal", p.wal_bytes)] {
+            if let Some(bytes) = bytes {
+                let _ = writeln!(out, "periode_sse_database_size_bytes{{file=\"{file}\"}} {bytes}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,11 +336,20 @@ mod tests {
         m.count_commit(3);
         m.count_commit(5);
         m.events_heartbeat = 7;
+        m.count_commit_latency(std::time::Duration::from_micros(700));
+        m.count_commit_latency(std::time::Duration::from_micros(2_000_000));
         let text = m.render(&Gauges {
             connections_open: 4,
             streams_open: 2,
             users_with_streams: 1,
             max_conns: 100,
+            process: Process {
+                resident_bytes: Some(4096),
+                open_fds: Some(9),
+                start_time_secs: Some(1.5),
+                db_bytes: Some(8192),
+                wal_bytes: None,
+            },
         });
         for line in [
             "periode_sse_http_requests_total{route=\"stream\",status=\"200\"} 2",
@@ -250,8 +368,48 @@ mod tests {
             "periode_sse_commit_batch_size_count 2",
             "periode_sse_streams_open 2",
             "periode_sse_connections_open 4",
+            "periode_sse_commit_duration_seconds_bucket{le=\"0.0005\"} 0",
+            "periode_sse_commit_duration_seconds_bucket{le=\"0.001\"} 1",
+            "periode_sse_commit_duration_seconds_bucket{le=\"1\"} 1",
+            "periode_sse_commit_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "periode_sse_commit_duration_seconds_sum 2.0007",
+            "periode_sse_commit_duration_seconds_count 2",
+            "process_resident_memory_bytes 4096",
+            "process_open_fds 9",
+            "process_start_time_seconds 1.500",
+            "periode_sse_database_size_bytes{file=\"main\"} 8192",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+    }
+
+    /// Every sample belongs to a family announced by HELP and TYPE lines before it, as
+    /// promtool checks.
+    #[test]
+    fn every_sample_has_help_and_type() {
+        let text = Metrics::default().render(&Gauges {
+            connections_open: 0,
+            streams_open: 0,
+            users_with_streams: 0,
+            max_conns: 1,
+            process: Process::default(),
+        });
+        let (mut helped, mut typed) = (Vec::new(), Vec::new());
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.push(rest.split(' ').next().unwrap_or("").to_string());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.push(rest.split(' ').next().unwrap_or("").to_string());
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| typed.iter().any(|t| t == f)))
+                    .unwrap_or(name);
+                assert!(typed.iter().any(|t| t == family), "no TYPE for {line:?}");
+                assert!(helped.iter().any(|t| t == family), "no HELP for {line:?}");
+            }
+        }
+        assert_eq!(helped.len(), typed.len());
     }
 }

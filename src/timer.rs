@@ -304,4 +304,26 @@ mod tests {
         w.cancel(2);
         assert_eq!(w.next_wait_ms(0), Some(41_060));
     }
+
+    #[test]
+    fn a_fired_key_carries_its_generation() {
+        use crate::key::ConnKey;
+        let mut w = TimerWheel::<ConnKey>::new(0);
+        let (old, new) = (ConnKey::new(4, 1), ConnKey::new(4, 2));
+        w.schedule(old, 100);
+        assert_eq!(w.deadline(old), Some(100));
+        assert_eq!(w.deadline(new), None, "another generation has no deadline here");
+        w.schedule(new, 200); // the index's one entry now belongs to the new connection
+        let mut due = Vec::new();
+        w.expire_due(300, &mut due);
+        assert_eq!(due, vec![new]);
+    }
+
+    #[test]
+    fn absurd_deadlines_are_capped_not_wrapped() {
+        let mut w = TimerWheel::new(0);
+        w.schedule(1, u64::MAX);
+        assert_eq!(w.deadline(1), Some(MAX_DEADLINE_MS));
+        assert_eq!(expire(&mut w, 1_000_000), Vec::<usize>::new());
+    }
 }

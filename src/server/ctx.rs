@@ -11,7 +11,7 @@ use super::commit::QueuedWrite;
 use crate::config::Config;
 use crate::domain::UserId;
 use crate::key::ConnKey;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, Process};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::timer::TimerWheel;
@@ -37,6 +37,8 @@ pub(super) struct Ctx {
     /// Open connections (the slab's length), kept here for `/metrics`.
     pub(super) conns_open: usize,
     started: Instant,
+    /// The wall clock at start, for `process_start_time_seconds`.
+    started_epoch_secs: f64,
     /// Reused read buffer: a request that arrives whole never allocates a buffer of its own.
     pub(super) scratch_in: Vec<u8>,
     pub(super) scratch_out: Vec<u8>,
@@ -81,6 +83,10 @@ impl Ctx {
             max_conns,
             conns_open: 0,
             started: Instant::now(),
+            started_epoch_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
             scratch_in: Vec::with_capacity(read_chunk * 2),
             scratch_out: Vec::with_capacity(64 * 1024),
             fanout_keys: Vec::new(),
@@ -139,16 +145,43 @@ impl Ctx {
         self.shutdown_deadline.is_some()
     }
 
-    pub(super) fn gauges(&self) -> Gauges {
-        Gauges {
+    /// The `/metrics` text, with the figures the server reads only when asked (the process
+    /// from `/proc`, the database files' sizes).
+    pub(super) fn render_metrics(&self) -> String {
+        let gauges = Gauges {
             connections_open: self.conns_open,
             streams_open: self.registry.total(),
             users_with_streams: self.registry.users(),
             max_conns: self.max_conns,
-        }
+            process: process_figures(&self.config.db, self.started_epoch_secs),
+        };
+        self.metrics.render(&gauges)
     }
 
     pub(super) fn random_below(&mut self, bound: u64) -> u64 {
         self.rng.below(bound)
+    }
+}
+
+/// What `/proc` and the file system say about this process and its database, now.
+fn process_figures(db: &std::path::Path, start_time_secs: f64) -> Process {
+    // statm's second field is resident pages.
+    let resident_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()));
+    // SAFETY: sysconf reads a constant of the system; no pointers.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = u64::try_from(page).unwrap_or(4096);
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
+    let size = |path: &std::path::Path| std::fs::metadata(path).ok().map(|m| m.len());
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    Process {
+        resident_bytes: resident_pages.map(|p| p * page),
+        // The read_dir itself holds one descriptor while it counts.
+        open_fds: open_fds.map(|n| n.saturating_sub(1)),
+        start_time_secs: Some(start_time_secs),
+        db_bytes: size(db),
+        wal_bytes: size(std::path::Path::new(&wal)),
     }
 }

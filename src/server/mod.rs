@@ -60,6 +60,7 @@ use verdict::Verdict;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const METRICS_LISTENER: Token = Token(usize::MAX - 3);
 
 const FRESH_TIMEOUT_MS: u64 = 10_000;
 const KEEP_ALIVE_TIMEOUT_MS: u64 = 15_000;
@@ -89,6 +90,8 @@ const ACCEPT_PAUSE_MS: u64 = 100;
 pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// `--metrics-listen`: a second listener on the same loop, for `GET /metrics` only.
+    metrics_listener: Option<TcpListener>,
     signals: Signals,
     conns: Slab<Conn>,
     next_gen: u32,
@@ -111,6 +114,14 @@ impl Server {
         let poll = Poll::new()?;
         let mut listener = bind_listener(config.listen)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let mut metrics = bind_listener(addr)?;
+                poll.registry().register(&mut metrics, METRICS_LISTENER, Interest::READABLE)?;
+                Some(metrics)
+            }
+            None => None,
+        };
         // SIGHUP, SIGUSR1 and SIGUSR2 would kill the process by default, cutting every stream
         // without its last chunk: they are caught and logged instead (logs go to stderr, so
         // there is no log file for SIGHUP to reopen).
@@ -119,6 +130,7 @@ impl Server {
         Ok(Server {
             poll,
             listener: Some(listener),
+            metrics_listener,
             signals,
             conns: Slab::with_capacity(1024),
             next_gen: 1,
@@ -143,6 +155,9 @@ impl Server {
     /// Runs until a signal has stopped the server and every connection is gone.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        if let Some(addr) = self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            log::info!("metrics served without authentication on http://{addr}/metrics");
+        }
         loop {
             // 1–2: stop, or sleep until there is something to do.
             let before = self.ctx.now();
@@ -175,7 +190,7 @@ impl Server {
             // 4: this turn's events.
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.guarded(None, |s| s.accept_all(now)),
+                    LISTENER | METRICS_LISTENER => self.guarded(None, |s| s.accept_all(now)),
                     SIGNALS => self.on_signal(now),
                     token => {
                         let writable = event.is_writable() || event.is_error();
@@ -292,8 +307,18 @@ impl Server {
             return;
         }
         self.accept_paused_until = None;
+        for metrics_only in [false, true] {
+            self.accept_from(metrics_only, now);
+        }
+    }
+
+    /// Accepts from one listener until `WouldBlock`, at most `ACCEPTS_PER_TURN` (then
+    /// `accept_more` brings the loop back for the rest).
+    fn accept_from(&mut self, metrics_only: bool, now: Now) {
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener =
+                if metrics_only { self.metrics_listener.as_ref() } else { self.listener.as_ref() };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
@@ -305,7 +330,7 @@ impl Server {
                         refuse(sock, self.ctx.date(), why);
                         continue;
                     }
-                    self.admit(sock, now);
+                    self.admit(sock, metrics_only, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -348,7 +373,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut sock: TcpStream, now: Now) {
+    fn admit(&mut self, mut sock: TcpStream, metrics_only: bool, now: Now) {
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let entry = self.conns.vacant_entry();
@@ -361,7 +386,9 @@ impl Server {
             log::warn!("cannot watch a new connection: {e}");
             return;
         }
-        entry.insert(Conn::new(sock, gen));
+        let mut conn = Conn::new(sock, gen);
+        conn.metrics_only = metrics_only;
+        entry.insert(conn);
         self.ctx.conns_open = self.conns.len();
         self.ctx.metrics.connections_accepted += 1;
         self.ctx.wheel.schedule(key, now.mono_ms + FRESH_TIMEOUT_MS);
@@ -390,7 +417,9 @@ impl Server {
             self.ctx.registry.total()
         );
         self.ctx.shutdown_deadline = Some(now.mono_ms + SHUTDOWN_GRACE_MS);
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in
+            [self.listener.take(), self.metrics_listener.take()].into_iter().flatten()
+        {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         let keys: Vec<ConnKey> = self.conns.iter().map(|(k, c)| ConnKey::new(k, c.gen)).collect();
@@ -467,7 +496,9 @@ impl Server {
             return;
         }
         let batch = std::mem::take(&mut self.ctx.batch);
+        let began = std::time::Instant::now();
         let done = commit::commit(&self.ctx.store, batch, now.epoch_ms);
+        self.ctx.metrics.count_commit_latency(began.elapsed());
         commit::complete(&mut self.conns, &mut self.ctx, done, now);
     }
 

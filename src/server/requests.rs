@@ -34,6 +34,57 @@ pub(super) struct Reply {
     pub(super) route: &'static str,
     /// A HEAD request: the answer's head as GET's would be, and no body.
     pub(super) head_only: bool,
+    /// With `--access-log`: what the request's log line says besides the answer.
+    pub(super) access: Option<Box<Access>>,
+}
+
+/// The request half of an access log line.
+#[derive(Clone)]
+pub(super) struct Access {
+    method: &'static str,
+    /// Without the query: a token may be there (`access_token`), and tokens are never logged.
+    path: String,
+    user: Option<crate::domain::UserId>,
+    started: std::time::Instant,
+}
+
+impl Access {
+    fn of(request: &Request<'_>, ctx: &Ctx, now: Now) -> Access {
+        let method = match request.method {
+            http::Method::Get => "GET",
+            http::Method::Head => "HEAD",
+            http::Method::Post => "POST",
+            http::Method::Put => "PUT",
+            http::Method::Options => "OPTIONS",
+            http::Method::Other => "OTHER",
+        };
+        let user = api::bearer_token(request)
+            .and_then(|token| {
+                crate::jwt::verify_with(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
+            })
+            .map(|claims| claims.user);
+        Access { method, path: request.path.to_string(), user, started: std::time::Instant::now() }
+    }
+}
+
+/// One access log line (`--access-log`): method, path, status, bytes written, time from
+/// the request's arrival to its answer, and the user when the token named a valid one.
+pub(super) fn log_access(ctx: &Ctx, reply: &Reply, status: u16, bytes: usize) {
+    if !ctx.config.access_log {
+        return;
+    }
+    match reply.access.as_deref() {
+        Some(a) => {
+            let ms = a.started.elapsed().as_secs_f64() * 1000.0;
+            match a.user {
+                Some(user) => {
+                    log::info!("{} {} {status} {bytes} {ms:.3}ms user {user}", a.method, a.path)
+                }
+                None => log::info!("{} {} {status} {bytes} {ms:.3}ms user -", a.method, a.path),
+            }
+        }
+        None => log::info!("- - {status} {bytes} - user -"),
+    }
 }
 
 impl Reply {
@@ -303,7 +354,11 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
         token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
         route: route.label(),
         head_only: request.method == http::Method::Head,
+        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
     };
+    if conn.metrics_only {
+        return respond(conn, key, ctx, &metrics_port_answer(request, ctx), &reply, now);
+    }
     if !request.host_is_valid() {
         return respond(
             conn,
@@ -315,9 +370,8 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
         );
     }
     let outcome = {
-        let gauges = ctx.gauges();
-        let metrics = &ctx.metrics;
-        let render = move || metrics.render(&gauges);
+        let ctx: &Ctx = ctx;
+        let render = || ctx.render_metrics();
         let api_ctx = api::Ctx {
             store: &ctx.store,
             registry: &ctx.registry,
@@ -334,6 +388,23 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
         Outcome::Stream(start) => streams::start(conn, key, ctx, request, start, &reply, now),
         Outcome::Write(op) => Verdict::Commit(op, reply),
     }
+}
+
+/// The `--metrics-listen` port serves `/metrics` to anyone who can reach it (it is meant
+/// for a private address) and nothing else.
+fn metrics_port_answer(request: &Request<'_>, ctx: &Ctx) -> api::Response {
+    if request.path != "/metrics" {
+        return api::Response::error(404, "not_found", "this port serves /metrics only");
+    }
+    if !matches!(request.method, http::Method::Get | http::Method::Head) {
+        let mut response =
+            api::Response::error(405, "method_not_allowed", "/metrics takes GET or HEAD");
+        response.allow = Some("GET, HEAD");
+        return response;
+    }
+    let mut response = api::Response::json(200, ctx.render_metrics());
+    response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    response
 }
 
 fn missing_host() -> api::Response {
@@ -361,11 +432,11 @@ fn refuse_from_head(
         token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
         route: api::Route::of(request.path).label(),
         head_only: request.method == http::Method::Head,
+        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
     };
     let response = if request.host_is_valid() {
-        let gauges = ctx.gauges();
-        let metrics = &ctx.metrics;
-        let render = move || metrics.render(&gauges);
+        let ctx: &Ctx = ctx;
+        let render = || ctx.render_metrics();
         let api_ctx = api::Ctx {
             store: &ctx.store,
             registry: &ctx.registry,
@@ -421,6 +492,7 @@ pub(super) fn respond(
     if !reply.head_only {
         out.extend_from_slice(response.body.as_bytes());
     }
+    log_access(ctx, reply, response.status, out.len());
     let sent = output::send(conn, ctx, &out, now);
     ctx.scratch_out = out;
     match sent {
@@ -465,6 +537,7 @@ fn respond_preflight(
             Framing::Length(0, persistence),
         );
     }
+    log_access(ctx, reply, 204, out.len());
     let sent = output::send(conn, ctx, &out, now);
     ctx.scratch_out = out;
     match sent {

@@ -44,6 +44,7 @@ pub(super) fn start(
     if reply.head_only {
         // HEAD: the stream's head and nothing else; the connection ends as a stream's would.
         ctx.metrics.count_request(reply.route, 200);
+        requests::log_access(ctx, reply, 200, out.len());
         let sent = output::send(conn, ctx, &out, now);
         ctx.scratch_out = out;
         return match sent {
@@ -78,6 +79,7 @@ pub(super) fn start(
     ctx.metrics.events_connected += 1;
     ctx.metrics.events_notification += events;
     log::info!("SSE client connected for user {} ({} open)", start.user, open);
+    requests::log_access(ctx, reply, 200, out.len());
     // The opening counts toward the slow-consumer limit like everything else (SPEC §5): a
     // full replay of the kept notifications is about 200 KiB, under the 256 KiB limit.
     let sent = output::send(conn, ctx, &out, now);

@@ -107,3 +107,42 @@ pub(super) fn close_later(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, reason: 
     conn.doomed = Some(reason);
     ctx.to_close.push(key);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Continue => "continue",
+            Verdict::Again => "again",
+            Verdict::Commit(..) => "commit",
+            Verdict::Finish(_) => "finish",
+            Verdict::Close(_) => "close",
+        }
+    }
+
+    #[test]
+    fn the_first_step_that_ends_or_pauses_wins_and_again_survives_continue() {
+        let close = || Verdict::Close(CloseReason::ClientGone);
+        let finish = || Verdict::Finish(CloseReason::Finished);
+        type Step = fn() -> Verdict;
+        let cases: [(Verdict, Step, &str); 6] = [
+            (Verdict::Continue, || Verdict::Continue, "continue"),
+            (Verdict::Continue, || Verdict::Again, "again"),
+            (Verdict::Again, || Verdict::Continue, "again"),
+            (Verdict::Again, || Verdict::Close(CloseReason::ClientGone), "close"),
+            (Verdict::Close(CloseReason::WriteError), || Verdict::Again, "close"),
+            (Verdict::Finish(CloseReason::Finished), || Verdict::Continue, "finish"),
+        ];
+        for (first, second, want) in cases {
+            assert_eq!(name(&first.then(second)), want);
+        }
+        let mut ran = false;
+        let _ = close().then(|| {
+            ran = true;
+            finish()
+        });
+        assert!(!ran, "a closed connection is not served further");
+    }
+}
