@@ -333,8 +333,9 @@ fn bad_request(message: &str) -> Response {
     Response::error(400, "bad_request", message)
 }
 
+/// The body as a JSON object; a repeated member name is a `400` (SPEC §5), see `json.rs`.
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, Response> {
-    match serde_json::from_slice::<Value>(body) {
+    match crate::json::parse(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(bad_request("the body must be a JSON object")),
         Err(e) => Err(bad_request(&format!("the body is not valid JSON: {e}"))),

@@ -160,6 +160,10 @@ impl Server {
         })
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
