@@ -501,7 +501,10 @@ fn check_integrity(db: &Connection, shown: &str) -> Result<()> {
         .map_err(|e| corrupt(e.to_string()))?;
     match findings.as_slice() {
         [ok] if ok == "ok" => Ok(()),
-        _ => Err(corrupt(findings.join("; "))),
+        // One line for the operator: SQLite's findings may hold newlines; the first few do.
+        _ => Err(corrupt(
+            findings.iter().flat_map(|f| f.lines()).take(3).collect::<Vec<_>>().join("; "),
+        )),
     }
 }
 
@@ -518,7 +521,7 @@ fn migrate(db: &Connection, shown: &str) -> Result<()> {
     match schema::migrate(db) {
         Ok(done) => {
             db.execute_batch("COMMIT").map_err(cannot_write)?;
-            if done.from != done.to {
+            if done.from != done.to && !done.fresh {
                 log::info!("database {shown}: schema version {} -> {}", done.from, done.to);
             }
             Ok(())

@@ -56,6 +56,8 @@ pub fn version(db: &Connection) -> rusqlite::Result<i64> {
 pub struct Migrated {
     pub from: i64,
     pub to: i64,
+    /// The file held no tables: a new database, not an upgrade worth a log line.
+    pub fresh: bool,
 }
 
 #[derive(Debug)]
@@ -78,12 +80,13 @@ pub fn migrate(db: &Connection) -> Result<Migrated, MigrateError> {
     if from > CURRENT {
         return Err(MigrateError::Newer(from));
     }
+    let tables: i64 = db.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
     for (i, step) in STEPS.iter().enumerate().skip(from.max(0) as usize) {
         db.execute_batch(step)?;
         // A pragma takes no bound parameters; the value is our own integer, never input.
         db.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
     }
-    Ok(Migrated { from, to: CURRENT })
+    Ok(Migrated { from, to: CURRENT, fresh: tables == 0 })
 }
 
 #[cfg(test)]
@@ -93,16 +96,16 @@ mod tests {
     #[test]
     fn a_new_file_and_an_unversioned_one_both_become_current() {
         let db = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&db).unwrap(), Migrated { from: 0, to: CURRENT });
+        assert_eq!(migrate(&db).unwrap(), Migrated { from: 0, to: CURRENT, fresh: true });
         assert_eq!(version(&db).unwrap(), CURRENT);
-        assert_eq!(migrate(&db).unwrap(), Migrated { from: CURRENT, to: CURRENT });
+        assert_eq!(migrate(&db).unwrap(), Migrated { from: CURRENT, to: CURRENT, fresh: false });
 
         // Before versions were recorded: version 1's tables, with data, and user_version 0.
         let old = Connection::open_in_memory().unwrap();
         old.execute_batch(V1).unwrap();
         old.execute_batch("INSERT INTO users (id, active) VALUES (13, 1)").unwrap();
         assert_eq!(version(&old).unwrap(), 0);
-        assert_eq!(migrate(&old).unwrap(), Migrated { from: 0, to: CURRENT });
+        assert_eq!(migrate(&old).unwrap(), Migrated { from: 0, to: CURRENT, fresh: false });
         let n: i64 = old.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1);
     }
