@@ -91,7 +91,8 @@ fn a_second_server_on_one_file_is_refused_and_kill_9_frees_it() {
 #[test]
 fn databases_that_would_not_survive_a_restart_are_refused_before_anything_is_written() {
     let dir = TempDir::new();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         (&["--db", ":memory:"], &[], ":memory:"),
         (&["--db", ""], &[], "empty"),
         (&[], &[("PERIODE_SSE_DB", "")], "empty"),
