@@ -181,19 +181,21 @@ impl DbFile {
 
     fn what_is_gone(&self) -> Option<String> {
         let shown = self.path.display();
-        match self.lock.metadata() {
-            Ok(meta) if meta.nlink() == 0 => {
-                return Some(format!("the database file {shown} was deleted while the server ran"))
-            }
-            Ok(_) => {}
-            Err(e) => return Some(format!("the database file {shown} cannot be read: {e}")),
-        }
         match std::fs::metadata(&self.path) {
             Ok(meta) if Identity::of(&meta) == self.id => {}
             Ok(_) => {
                 return Some(format!("the database file {shown} was replaced while the server ran"))
             }
-            Err(e) => return Some(format!("the database file {shown} is gone ({e})")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Some(format!("the database file {shown} was deleted while the server ran"))
+            }
+            Err(e) => return Some(format!("the database file {shown} cannot be reached ({e})")),
+        }
+        match self.lock.metadata() {
+            Ok(meta) if meta.nlink() > 0 => {}
+            _ => {
+                return Some(format!("the database file {shown} was deleted while the server ran"))
+            }
         }
         if let Some(wal) = self.wal.get() {
             let wal_path = self.wal_path();
