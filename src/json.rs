@@ -157,4 +157,64 @@ mod tests {
             assert!(parse(bytes).is_err(), "{:?}", String::from_utf8_lossy(bytes));
         }
     }
+
+    /// The fuzz target's check (fuzz/fuzz_targets/json.rs), for a bounded stable run.
+    fn check(bytes: &[u8]) {
+        let loose = serde_json::from_slice::<Value>(bytes);
+        match parse(bytes) {
+            Ok(value) => assert_eq!(loose.ok(), Some(value)),
+            Err(e) => {
+                assert!(e.0.len() <= 400, "{e}");
+                if loose.is_ok() {
+                    assert!(e.0.contains("appears more than once"), "{e}");
+                }
+            }
+        }
+    }
+
+    /// A small deterministic generator: objects of members drawn from a few names (so
+    /// repeats happen) and values, half of them then hit by one random byte.
+    #[test]
+    fn random_bodies_agree_with_serde_json_but_for_repeats() {
+        const NAMES: [&str; 5] = ["amount", "userId", "a", "a\\u0061", "aa"];
+        const VALUES: [&str; 12] = [
+            "1",
+            "-0",
+            "1e400",
+            "5000",
+            "true",
+            "null",
+            "\"x\"",
+            "\"\\ud800\"",
+            "[1,{}]",
+            "9223372036854775808",
+            "0.5",
+            "{\"b\":1,\"c\":[]}",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut accepted, mut repeats, mut other) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let members: Vec<String> = (0..next(5))
+                .map(|_| format!("\"{}\":{}", NAMES[next(NAMES.len())], VALUES[next(VALUES.len())]))
+                .collect();
+            let mut body = format!("{{{}}}", members.join(",")).into_bytes();
+            if next(2) == 0 {
+                let at = next(body.len());
+                body[at] = next(256) as u8;
+            }
+            check(&body);
+            match parse(&body) {
+                Ok(_) => accepted += 1,
+                Err(e) if e.0.contains("more than once") => repeats += 1,
+                Err(_) => other += 1,
+            }
+        }
+        assert!(accepted > 1000 && repeats > 1000 && other > 1000, "{accepted} {repeats} {other}");
+    }
 }

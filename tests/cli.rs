@@ -154,3 +154,34 @@ fn error_messages_never_echo_a_secret() {
         assert_ne!(out.status.code(), Some(0), "{all}");
     }
 }
+
+#[test]
+fn write_bodies_with_a_repeated_member_are_400_and_store_nothing() {
+    let server = Server::start(&[]);
+    let admin = server.admin_token();
+    server.create_user(14);
+    let before =
+        server.get(common::STATUS, Some(&server.token(13))).json()["currentSpending"].clone();
+    let cases = [
+        (common::TRANSACTIONS, admin.as_str(), r#"{"userId":14,"userId":13,"amount":5000}"#),
+        (common::TRANSACTIONS, admin.as_str(), r#"{"userId":13,"amount":1,"amount":2}"#),
+        (
+            common::LIMIT,
+            admin.as_str(),
+            r#"{"userId":13,"maxLimit":1,"maxLimit":2,"alertPercentage":50,"periodeStart":"2025-01-01T00:00:00Z","periodeEnd":"2035-01-01T00:00:00Z"}"#,
+        ),
+    ];
+    for (path, token, body) in cases {
+        let method = if path == common::LIMIT { "PUT" } else { "POST" };
+        let r = server.send_json(method, path, token, body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json()["error"], "bad_request", "{}", r.body);
+        assert!(r.json()["message"].as_str().unwrap().contains("more than once"), "{}", r.body);
+    }
+    let r =
+        server.send_json("PUT", "/api/admin/users/15", &admin, r#"{"active":true,"active":false}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let after =
+        server.get(common::STATUS, Some(&server.token(13))).json()["currentSpending"].clone();
+    assert_eq!(before, after);
+}
