@@ -177,3 +177,35 @@ fn a_full_disk_answers_507_insufficient_storage() {
         }
     });
 }
+
+#[test]
+fn a_start_on_a_full_disk_is_refused_with_the_reason() {
+    let dir = TempDir::new();
+    let Some(disk) = SmallDisk::mount(&dir.0, 1 << 20) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let filler = disk.fill();
+    let db = disk.0.join("p.db");
+    let mut child = Command::new(common::BIN)
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .env("JWT_SECRET", common::SECRET)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A start that should have been refused must not hang the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("full") && err.contains("p.db"), "{err}");
+    std::fs::remove_file(filler).unwrap();
+}

@@ -134,6 +134,15 @@ impl DbFile {
             }
             return refuse(format!("cannot lock the database {shown}: {e}"));
         }
+        // A file made before databases were created 0600 keeps its mode: changing an operator's
+        // file behind their back would surprise more than it protects. Say so instead.
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "the database {shown} can be read by group or others (mode {mode:o}); it holds \
+                 every user's spending: chmod 600 {shown}"
+            );
+        }
         let resolved = std::fs::canonicalize(path)
             .map_err(|e| StoreError::Refused(format!("cannot resolve the path {shown}: {e}")))?;
         Ok(DbFile {
