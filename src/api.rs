@@ -314,8 +314,9 @@ pub fn storage_status(e: &crate::store::StoreError) -> (u16, &'static str) {
     const UNAVAILABLE: (u16, &str) = (503, "storage_unavailable");
     const FULL: (u16, &str) = (507, "insufficient_storage");
     match e {
-        // The store's own variants for these (unavailable, full) get their arms here when
-        // they land; until then SQLite's result codes say the same.
+        StoreError::Unavailable(_) => UNAVAILABLE,
+        StoreError::Full => FULL,
+        // Errors the store did not classify itself: SQLite's result codes say the same.
         StoreError::Sql(rusqlite::Error::SqliteFailure(failure, _))
         | StoreError::Open(_, rusqlite::Error::SqliteFailure(failure, _)) => match failure.code {
             ErrorCode::DiskFull => FULL,
@@ -398,8 +399,9 @@ fn bad_request(message: &str) -> Response {
     Response::error(400, "bad_request", message)
 }
 
+/// The body as a JSON object; a repeated member name is a `400` (SPEC §5), see `json.rs`.
 fn body_object(body: &[u8]) -> Result<Map<String, Value>, Response> {
-    match serde_json::from_slice::<Value>(body) {
+    match crate::json::parse(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(bad_request("the body must be a JSON object")),
         Err(e) => Err(bad_request(&format!("the body is not valid JSON: {e}"))),

@@ -6,7 +6,7 @@
 use crate::domain::{Role, UserId};
 use std::ffi::OsString;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8989";
@@ -23,11 +23,14 @@ pub struct Config {
     pub max_conns: Option<usize>,
     pub cors: Cors,
     pub demo: bool,
+    /// The most verbose level `log_filter` lets through.
     pub log_level: log::LevelFilter,
     /// `--access-log`: one info line per request.
     pub access_log: bool,
     /// `--metrics-listen ADDR`: a second, unauthenticated listener for `GET /metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// `--log-level` or `RUST_LOG`: a level, or `RUST_LOG`-style `target=level` filters.
+    pub log_filter: crate::logging::Filter,
 }
 
 /// Which browser origins may read our answers.
@@ -55,11 +58,23 @@ pub struct TokenArgs {
     pub db: PathBuf,
 }
 
+/// `periode-sse backup DEST [--db PATH]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupArgs {
+    pub dest: PathBuf,
+    pub db: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Serve(Config),
     Token(TokenArgs),
+    Backup(BackupArgs),
     Help,
+    /// `token --help`: the token command's own usage.
+    TokenHelp,
+    /// `backup --help`.
+    BackupHelp,
     Version,
 }
 
@@ -84,9 +99,11 @@ periode-sse: pushes each user's spending-limit status to their apps over Server-
 Usage:
   periode-sse [serve] [OPTIONS]
   periode-sse token USER_ID [--role user|admin] [--ttl SECS] [--db PATH]
+  periode-sse backup DEST [--db PATH]
 
 Serve options:
-  --listen ADDR              address to bind [env PERIODE_SSE_LISTEN] (default 127.0.0.1:8989)
+  --listen ADDR              address to bind, e.g. 0.0.0.0:8989, [::1]:8989, localhost:8989
+                             [env PERIODE_SSE_LISTEN] (default 127.0.0.1:8989)
   --db PATH                  SQLite file, created when missing [env PERIODE_SSE_DB]
                              (default ./periode-sse.db)
   --heartbeat SECS           heartbeat period of every stream (default 30)
@@ -95,12 +112,44 @@ Serve options:
   --max-conns N              open connections in all (default: from the open-files limit)
   --cors-origin ORIGIN       allowed browser origin; repeat or separate with commas; * = any
   --demo                     make sure demo user 13 exists with a limit and transactions
-  --log-level LEVEL          error, warn, info, debug or trace [env RUST_LOG] (default info)
+  --log-level FILTER         error, warn, info, debug or trace, or RUST_LOG-style filters
+                             such as info,periode_sse=debug [env RUST_LOG] (default info)
   --access-log               log one line per request (method, path, status, bytes, time, user)
   --metrics-listen ADDR      also serve GET /metrics, unauthenticated, on ADDR (keep it private)
 
 The HS256 key is JWT_SECRET (at least 32 bytes) when set, otherwise a random key kept in
-<db>.secret, which `periode-sse token` reads too.
+<db>.secret, which `periode-sse token` reads too. `periode-sse token --help` and
+`periode-sse backup --help` describe those commands.
+";
+
+pub const TOKEN_USAGE: &str = "\
+periode-sse token: prints a signed HS256 JWT for curl and scripts
+
+Usage:
+  periode-sse token USER_ID [--role user|admin] [--ttl SECS] [--db PATH]
+
+  USER_ID                    the token's subject (`sub`), a non-negative integer
+  --role user|admin          admin tokens may write for any user and read /metrics
+                             (default user; the operator's is `token 0 --role admin`)
+  --ttl SECS                 lifetime in seconds (default 3600)
+  --db PATH                  the server's database, whose <db>.secret holds the key
+                             [env PERIODE_SSE_DB] (default ./periode-sse.db)
+
+The key is JWT_SECRET when set, otherwise <db>.secret. token never creates a key: start the
+server once (it generates <db>.secret), then run token with the same --db.
+";
+
+pub const BACKUP_USAGE: &str = "\
+periode-sse backup: a consistent copy of the database, safe while the server runs
+
+Usage:
+  periode-sse backup DEST [--db PATH]
+
+  DEST                       the file to write; never overwritten (an existing DEST is an error)
+  --db PATH                  the database to copy [env PERIODE_SSE_DB] (default ./periode-sse.db)
+
+The copy is made with SQLite's VACUUM INTO, fsynced, and created 0600. The key beside the
+database (<db>.secret) is copied to DEST.secret (0600): tokens need it after a restore.
 ";
 
 pub fn parse_args(
@@ -123,9 +172,8 @@ pub fn parse_args(
         use lexopt::prelude::*;
         match arg {
             Value(v) if first && v == "serve" => {}
-            Value(v) if first && v == "token" => {
-                return parse_token(parser, &env).map(Command::Token)
-            }
+            Value(v) if first && v == "token" => return parse_token(parser, &env),
+            Value(v) if first && v == "backup" => return parse_backup(parser, &env),
             Long("help") | Short('h') => return Ok(Command::Help),
             Long("version") | Short('V') => return Ok(Command::Version),
             Long("listen") => listen = Some(string(parser.value()?)?),
@@ -165,16 +213,17 @@ pub fn parse_args(
         first = false;
     }
     let listen_text = listen.or_else(|| env("PERIODE_SSE_LISTEN")).unwrap_or(DEFAULT_LISTEN.into());
-    let listen = listen_text.parse().map_err(|_| {
-        ConfigError(format!("--listen {listen_text:?} is not an address like 127.0.0.1:8989"))
-    })?;
-    let log_level = match log_level {
-        Some(text) => parse_level(&text).ok_or_else(|| {
-            ConfigError(format!("--log-level {text:?}: use error, warn, info, debug or trace"))
-        })?,
-        // RUST_LOG may hold a filter list (`mycrate=debug,…`); a bare level is all we read.
-        None => env("RUST_LOG").and_then(|t| parse_level(&t)).unwrap_or(log::LevelFilter::Info),
+    let listen = parse_listen(&listen_text)?;
+    let (log_filter, source) = match log_level {
+        Some(text) => (Some(text), "--log-level"),
+        None => (env("RUST_LOG"), "RUST_LOG"),
     };
+    let log_filter = match log_filter {
+        Some(text) => crate::logging::Filter::parse(&text)
+            .map_err(|e| ConfigError(format!("{source} {text:?}: {e}")))?,
+        None => crate::logging::Filter::level(log::LevelFilter::Info),
+    };
+    let log_level = log_filter.max();
     Ok(Command::Serve(Config {
         listen,
         db: db_path(db, &env),
@@ -187,13 +236,38 @@ pub fn parse_args(
         log_level,
         access_log,
         metrics_listen,
+        log_filter,
     }))
+}
+
+/// An address to bind: `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` with a host name resolved
+/// here, once, at start-up (the first address the resolver gives; `localhost` is in
+/// /etc/hosts, so no network is asked).
+fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let bad = |why: String| {
+        ConfigError(format!(
+            "--listen {text:?} is not an address to bind ({why}); use one like 127.0.0.1:8989, \
+             [::1]:8989 or localhost:8989"
+        ))
+    };
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            match text.to_socket_addrs() {
+                Ok(mut addrs) => addrs.next().ok_or_else(|| bad(format!("{host} has no address"))),
+                Err(e) => Err(bad(format!("cannot resolve {host}: {e}"))),
+            }
+        }
+        _ => Err(bad("not HOST:PORT".into())),
+    }
 }
 
 fn parse_token(
     mut parser: lexopt::Parser,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<TokenArgs, ConfigError> {
+) -> Result<Command, ConfigError> {
     use lexopt::prelude::*;
     let mut user = None;
     let mut role = Role::User;
@@ -219,12 +293,34 @@ fn parse_token(
             }
             Long("ttl") => ttl_secs = number(&mut parser, "--ttl", 1, 10 * 365 * 86_400)? as i64,
             Long("db") => db = Some(parser.value()?.into()),
+            Long("help") | Short('h') => return Ok(Command::TokenHelp),
             other => return Err(other.unexpected().into()),
         }
     }
     let user = user
         .ok_or_else(|| ConfigError("token needs a USER_ID, e.g. `periode-sse token 13`".into()))?;
-    Ok(TokenArgs { user, role, ttl_secs, db: db_path(db, env) })
+    Ok(Command::Token(TokenArgs { user, role, ttl_secs, db: db_path(db, env) }))
+}
+
+fn parse_backup(
+    mut parser: lexopt::Parser,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError> {
+    use lexopt::prelude::*;
+    let mut dest: Option<PathBuf> = None;
+    let mut db = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Value(v) if dest.is_none() => dest = Some(v.into()),
+            Long("db") => db = Some(parser.value()?.into()),
+            Long("help") | Short('h') => return Ok(Command::BackupHelp),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let dest = dest.ok_or_else(|| {
+        ConfigError("backup needs a DEST file, e.g. `periode-sse backup /backups/p.db`".into())
+    })?;
+    Ok(Command::Backup(BackupArgs { dest, db: db_path(db, env) }))
 }
 
 fn db_path(flag: Option<PathBuf>, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
@@ -243,10 +339,6 @@ fn number(parser: &mut lexopt::Parser, flag: &str, min: u64, max: u64) -> Result
             "{flag} {text:?}: expected a whole number from {min} to {max}"
         ))),
     }
-}
-
-fn parse_level(text: &str) -> Option<log::LevelFilter> {
-    text.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -365,6 +457,13 @@ mod tests {
             (&["token", "abc"], "non-negative"),
             (&["token", "1", "--role", "root"], "use user or admin"),
             (&["--log-level", "loud"], "--log-level"),
+            (&["--log-level", "periode_sse=loud"], "not a log level"),
+            (&["--listen", "localhost"], "not HOST:PORT"),
+            (&["--listen", "localhost:99999"], "not HOST:PORT"),
+            (&["--listen", "no-such-host.invalid:8989"], "cannot resolve"),
+            (&["backup"], "needs a DEST"),
+            (&["backup", "a", "b"], ""),
+            (&["token", "1", "--bogus"], "bogus"),
         ];
         for (args, needle) in cases {
             match parse(args, &[]) {
@@ -372,5 +471,48 @@ mod tests {
                 Ok(c) => panic!("{args:?} parsed as {c:?}"),
             }
         }
+    }
+
+    #[test]
+    fn rust_log_filters_and_garbage_alike() {
+        let c = serve(&[], &[("RUST_LOG", "info,periode_sse=debug")]);
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.log_filter.default, log::LevelFilter::Info);
+        assert_eq!(
+            c.log_filter.targets,
+            vec![("periode_sse".to_string(), log::LevelFilter::Debug)]
+        );
+        let c = serve(&["--log-level", "periode_sse=trace"], &[("RUST_LOG", "garbage")]);
+        assert_eq!(c.log_level, log::LevelFilter::Trace);
+        for (args, env) in
+            [(vec![], vec![("RUST_LOG", "garbage")]), (vec!["--log-level", "garbage"], vec![])]
+        {
+            let err = parse(&args, &env).unwrap_err().to_string();
+            assert!(err.contains("\"garbage\" is not a log level"), "{err}");
+        }
+    }
+
+    #[test]
+    fn listen_takes_host_names_and_bracketed_ipv6() {
+        assert_eq!(serve(&["--listen", "[::1]:8989"], &[]).listen, "[::1]:8989".parse().unwrap());
+        let local = serve(&["--listen", "localhost:8989"], &[]).listen;
+        assert!(local.ip().is_loopback() && local.port() == 8989, "{local}");
+    }
+
+    #[test]
+    fn token_and_backup_have_their_own_help() {
+        for flag in ["--help", "-h"] {
+            assert_eq!(parse(&["token", flag], &[]).unwrap(), Command::TokenHelp);
+            assert_eq!(parse(&["token", "13", flag], &[]).unwrap(), Command::TokenHelp);
+            assert_eq!(parse(&["backup", flag], &[]).unwrap(), Command::BackupHelp);
+        }
+        assert_eq!(
+            parse(&["backup", "/b/x.db"], &[("PERIODE_SSE_DB", "/d.db")]).unwrap(),
+            Command::Backup(BackupArgs { dest: "/b/x.db".into(), db: "/d.db".into() })
+        );
+        assert_eq!(
+            parse(&["backup", "--db", "/e.db", "x.db"], &[]).unwrap(),
+            Command::Backup(BackupArgs { dest: "x.db".into(), db: "/e.db".into() })
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod domain;
 pub mod http;
+pub mod json;
 pub mod jwt;
 pub mod key;
 pub mod logging;

@@ -1,7 +1,12 @@
 //! periode-sse: wires the configuration, the store and the event loop together and runs them.
 //! Start-up errors end here with a message and a non-zero exit; nothing below may panic.
+//!
+//! `serve`'s order is what makes a failed start change nothing: the store's checks and lock
+//! come first (before even the key file is made beside the database), then the key, then the
+//! listener; the demo data are written only once the port is ours, so a start that cannot bind
+//! has not touched a database another server may be using.
 
-use periode_sse::config::{self, Command, Config, TokenArgs};
+use periode_sse::config::{self, BackupArgs, Command, Config, TokenArgs};
 use periode_sse::{jwt, secret, server, store};
 use std::process::ExitCode;
 
@@ -19,6 +24,15 @@ fn main() -> ExitCode {
             print!("{}", config::USAGE);
             Ok(())
         }
+        Command::TokenHelp => {
+            print!("{}", config::TOKEN_USAGE);
+            Ok(())
+        }
+        Command::BackupHelp => {
+            print!("{}", config::BACKUP_USAGE);
+            Ok(())
+        }
+        Command::Backup(args) => backup(&args),
         Command::Version => {
             println!("periode-sse {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -36,8 +50,8 @@ fn main() -> ExitCode {
 }
 
 fn print_token(args: &TokenArgs) -> Result<(), String> {
-    let key =
-        secret::resolve(&args.db, std::env::var("JWT_SECRET").ok()).map_err(|e| e.to_string())?;
+    let key = secret::resolve(&args.db, std::env::var("JWT_SECRET").ok(), secret::Missing::Refuse)
+        .map_err(|e| e.to_string())?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970".to_string())?
@@ -46,28 +60,48 @@ fn print_token(args: &TokenArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn backup(args: &BackupArgs) -> Result<(), String> {
+    let done = store::backup(&args.db, &args.dest).map_err(|e| e.to_string())?;
+    eprintln!(
+        "periode-sse: backup of {} written to {} ({} bytes)",
+        args.db.display(),
+        args.dest.display(),
+        done.bytes
+    );
+    match done.secret {
+        Some(secret) => eprintln!("periode-sse: its key copied to {}", secret.display()),
+        None => eprintln!(
+            "periode-sse: no {} beside the database: the key is JWT_SECRET, keep it with the backup",
+            secret::secret_path(&args.db).display()
+        ),
+    }
+    Ok(())
+}
+
 fn serve(config: Config) -> Result<(), String> {
-    periode_sse::logging::init(config.log_level)
+    periode_sse::logging::init(config.log_filter.clone())
         .map_err(|e| format!("cannot start logging: {e}"))?;
     let open_files = usize::try_from(server::raise_open_files_limit()).unwrap_or(usize::MAX);
     // Descriptors beyond connections: listener, epoll, signal pipe, SQLite (db, WAL, shm), spare.
     let max_conns = config.max_conns.unwrap_or_else(|| open_files.saturating_sub(32).max(1));
-    let secret =
-        secret::resolve(&config.db, std::env::var("JWT_SECRET").ok()).map_err(|e| e.to_string())?;
     let store = store::Store::open(&config.db).map_err(|e| e.to_string())?;
-    if config.demo {
+    let secret =
+        secret::resolve(&config.db, std::env::var("JWT_SECRET").ok(), secret::Missing::Create)
+            .map_err(|e| e.to_string())?;
+    let listen = config.listen;
+    let demo = config.demo;
+    let mut server = server::Server::new(config.clone(), store, secret, max_conns)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    if demo {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        store.seed_demo(now_ms).map_err(|e| format!("cannot seed the demo data: {e}"))?;
+        server.store().seed_demo(now_ms).map_err(|e| format!("cannot seed the demo data: {e}"))?;
         log::info!(
             "demo data ready: user 13, limit 200000 over this month; try `periode-sse token 13`"
         );
     }
-    let listen = config.listen;
-    let mut server = server::Server::new(config.clone(), store, secret, max_conns)
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = server.local_addr().unwrap_or(listen);
     log::info!(
         "periode-sse listening on http://{addr} (db {}, heartbeat {} s, max {} connections, {} per user)",

@@ -3,6 +3,10 @@
 //! `serve` and `token` both resolve it here, so a token printed by one is accepted by the
 //! other with no set-up. The file holds one line of base64url text and the key is that text's
 //! bytes, exactly as if it had been given as `JWT_SECRET`.
+//!
+//! Only `serve` may create the file (`Missing::Create`); `token` never does (`Missing::Refuse`):
+//! a key made by `token` in the wrong directory would sign tokens the server refuses. A file
+//! that group or others may read is refused, with the `chmod` that fixes it.
 
 use base64::Engine as _;
 use std::fmt;
@@ -28,7 +32,20 @@ pub fn secret_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-pub fn resolve(db: &Path, env_secret: Option<String>) -> Result<Vec<u8>, SecretError> {
+/// What to do when neither `JWT_SECRET` nor `<db>.secret` is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// `serve`: generate a key and keep it in `<db>.secret`.
+    Create,
+    /// `token`: stop, saying where we looked.
+    Refuse,
+}
+
+pub fn resolve(
+    db: &Path,
+    env_secret: Option<String>,
+    missing: Missing,
+) -> Result<Vec<u8>, SecretError> {
     if let Some(secret) = env_secret {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(SecretError(format!(
@@ -43,28 +60,56 @@ pub fn resolve(db: &Path, env_secret: Option<String>) -> Result<Vec<u8>, SecretE
     let path = secret_path(db);
     match read_secret_file(&path) {
         Ok(Some(secret)) => Ok(secret),
-        Ok(None) => create_secret_file(&path),
+        Ok(None) if missing == Missing::Create => create_secret_file(&path),
+        Ok(None) => Err(SecretError(format!(
+            "no key to sign with: JWT_SECRET is not set and there is no {} (token never creates \
+             one). Start the server once with this --db to have it generated, pass the --db the \
+             server uses, or set JWT_SECRET to the server's key",
+            path.display()
+        ))),
         Err(e) => Err(e),
     }
 }
 
 fn read_secret_file(path: &Path) -> Result<Option<Vec<u8>>, SecretError> {
-    let mut text = String::new();
-    match std::fs::File::open(path) {
-        Ok(mut file) => file.read_to_string(&mut text).map_err(|e| {
-            SecretError(format!("cannot read the secret file {}: {e}", path.display()))
-        })?,
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(SecretError(format!("cannot open the secret file {}: {e}", path.display())))
-        }
+        Err(e) => return Err(SecretError(format!("cannot open the secret file {shown}: {e}"))),
     };
-    let secret = text.trim_end_matches(['\r', '\n']);
+    let meta = file
+        .metadata()
+        .map_err(|e| SecretError(format!("cannot stat the secret file {shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(SecretError(format!(
+            "the secret file {shown} is not a regular file; remove it to have a key generated, \
+             or put the key in it (one line)"
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecretError(format!(
+            "the secret file {shown} can be read by group or others (mode {mode:o}); it signs \
+             every token. Fix it with: chmod 600 {shown}"
+        )));
+    }
+    // One line of printable text; a bigger file is not a key.
+    let mut text = String::new();
+    (&mut file).take(4096).read_to_string(&mut text).map_err(|e| {
+        SecretError(format!(
+            "cannot read the secret file {shown}: {e} (it must be one line of text)"
+        ))
+    })?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
     if secret.len() < MIN_SECRET_BYTES || !secret.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(SecretError(format!(
-            "the secret file {} must hold one line of at least {MIN_SECRET_BYTES} printable characters; \
-             delete it to have a new one generated (tokens signed with the old one stop working)",
-            path.display()
+            "the secret file {shown} must hold one line of at least {MIN_SECRET_BYTES} printable \
+             characters (it holds {} bytes); delete it to have a new one generated (tokens signed \
+             with the old one stop working)",
+            text.len()
         )));
     }
     Ok(Some(secret.as_bytes().to_vec()))
@@ -106,8 +151,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("x.db");
-        let first = resolve(&db, None).unwrap();
-        let second = resolve(&db, None).unwrap();
+        assert!(resolve(&db, None, Missing::Refuse).is_err());
+        let first = resolve(&db, None, Missing::Create).unwrap();
+        let second = resolve(&db, None, Missing::Refuse).unwrap();
         assert_eq!(first, second);
         assert_eq!(first.len(), 43);
         let path = secret_path(&db);
@@ -122,8 +168,46 @@ mod tests {
     fn env_secret_wins_and_must_be_long_enough() {
         let db = Path::new("/nonexistent/dir/x.db");
         let long = "a".repeat(32);
-        assert_eq!(resolve(db, Some(long.clone())).unwrap(), long.into_bytes());
-        let err = resolve(db, Some("short".into())).unwrap_err().to_string();
+        assert_eq!(resolve(db, Some(long.clone()), Missing::Refuse).unwrap(), long.into_bytes());
+        let err = resolve(db, Some("short".into()), Missing::Create).unwrap_err().to_string();
         assert!(err.contains("JWT_SECRET is 5 bytes long"), "{err}");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_fix() {
+        let dir =
+            std::env::temp_dir().join(format!("periode-sse-secret-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("x.db");
+        let path = secret_path(&db);
+        let write = |text: &str, mode: u32| {
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let good = "a".repeat(43);
+        let cases: &[(&str, u32, &str)] = &[
+            (&good, 0o644, "chmod 600"),
+            (&good, 0o640, "chmod 600"),
+            ("", 0o600, "at least 32"),
+            ("short\n", 0o600, "at least 32"),
+            (&format!("{good}\n{good}\n"), 0o600, "one line"),
+            (&format!("{good} x"), 0o600, "printable"),
+        ];
+        for (text, mode, needle) in cases {
+            write(text, *mode);
+            let err = resolve(&db, None, Missing::Create).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} {mode:o}: {err}");
+        }
+        write(&format!("{good}\r\n"), 0o600);
+        assert_eq!(resolve(&db, None, Missing::Create).unwrap(), good.as_bytes());
+        write(&good, 0o400);
+        assert_eq!(resolve(&db, None, Missing::Refuse).unwrap(), good.as_bytes());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = resolve(&db, None, Missing::Create).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -10,6 +10,13 @@ use common::*;
 fn token_subcommand_and_server_share_the_generated_secret() {
     let dir = Arc::new(TempDir::new());
     let db = db_path(&dir.0);
+    // The server makes the key on its first start; `token` only ever reads it (SPEC §1).
+    let server = Server::start_with(Options {
+        args: &["--demo"],
+        secret: None,
+        dir: Some(dir.clone()),
+        ..Options::default()
+    });
     let out = Command::new(BIN)
         .arg("token")
         .arg("13")
@@ -42,12 +49,6 @@ fn token_subcommand_and_server_share_the_generated_secret() {
     assert!(key.bytes().all(|b| b.is_ascii_graphic()), "secret not printable: {key:?}");
     assert_eq!(text.trim_end_matches('\n'), key, "secret file is more than one line");
 
-    let server = Server::start_with(Options {
-        args: &["--demo"],
-        secret: None,
-        dir: Some(dir.clone()),
-        ..Options::default()
-    });
     let r = server.get(HEALTH, Some(&token));
     assert_eq!(r.status, 200, "token from `periode-sse token` rejected: {r:?}");
     assert_json(&r.json(), &health_json(13, 0, 0), "health with generated secret");

@@ -74,7 +74,13 @@ pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, 
         }
         Err(e) => {
             ctx.metrics.commit_failures += 1;
-            log::error!("commit of {} writes failed, none stored: {e}", writes.len());
+            // The store says once, itself, why it refuses every write (files deleted or
+            // replaced, disk full); repeating that per batch would flood the log.
+            if matches!(e, StoreError::Unavailable(_) | StoreError::Full) {
+                log::debug!("commit of {} writes refused, none stored: {e}", writes.len());
+            } else {
+                log::error!("commit of {} writes failed, none stored: {e}", writes.len());
+            }
             (writes.iter().map(|_| None).collect(), api::storage_status(&e))
         }
     };

@@ -11,12 +11,23 @@
 //! known. Inside a batch, views are copied into an overlay and kept up to date by each write
 //! (a transaction adds its amount when it falls in the period), so a write never re-sums a
 //! user's history; the overlay replaces the cached views at commit and is dropped at rollback.
-//! This relies on periode-sse being the only writer of its database.
+//! This relies on periode-sse being the only writer of its database, which the lock taken at
+//! open (`open.rs`) makes sure of.
+//!
+//! Files: `open.rs` (the start-up checks, the lock, and the watch on the file while running),
+//! `schema.rs` (the schema and its versions), `backup.rs` (`periode-sse backup`).
+
+mod backup;
+mod open;
+mod schema;
+
+pub use backup::{backup, BackupDone};
+pub use open::check_path;
 
 use crate::domain::UserId;
 use crate::spending::{AlertPercentage, Limit, Status};
 use crate::time::month_bounds_ms;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
@@ -25,41 +36,17 @@ use std::path::Path;
 /// How many notifications per user are kept for `Last-Event-ID` resume.
 pub const KEPT_NOTIFICATIONS: u64 = 1000;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY,
-    active INTEGER NOT NULL,
-    -- all-time sum of amounts: bounds every period's sum, so no SUM can overflow
-    total_spent INTEGER NOT NULL DEFAULT 0,
-    last_notification_id INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS limits (
-    user_id INTEGER PRIMARY KEY,
-    max_limit INTEGER NOT NULL,
-    alert_percentage REAL NOT NULL,
-    periode_start INTEGER NOT NULL,
-    periode_end INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS transactions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id INTEGER NOT NULL,
-    amount INTEGER NOT NULL,
-    description TEXT,
-    occurred_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transactions_by_user_time ON transactions (user_id, occurred_at);
-CREATE TABLE IF NOT EXISTS notifications (
-    user_id INTEGER NOT NULL,
-    id INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (user_id, id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-";
-
 #[derive(Debug)]
 pub enum StoreError {
+    /// SQLite could not open or set up the file at this path.
     Open(String, rusqlite::Error),
+    /// Start-up refused: the sentence says what is wrong and how to fix it.
+    Refused(String),
+    /// Writes cannot be made durable where a restart would find them: the database files were
+    /// deleted or replaced, or the disk answers errors or read-only. HTTP `503`.
+    Unavailable(String),
+    /// The disk or the quota is full (`SQLITE_FULL`). HTTP `507` (or `503`).
+    Full,
     Sql(rusqlite::Error),
 }
 
@@ -67,6 +54,8 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Open(path, e) => write!(f, "cannot open the database {path}: {e}"),
+            StoreError::Refused(why) | StoreError::Unavailable(why) => f.write_str(why),
+            StoreError::Full => f.write_str("the database's disk (or quota) is full"),
             StoreError::Sql(e) => write!(f, "database error: {e}"),
         }
     }
@@ -74,7 +63,19 @@ impl fmt::Display for StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Sql(e)
+        use rusqlite::ErrorCode as Code;
+        match e.sqlite_error_code() {
+            Some(Code::DiskFull) => StoreError::Full,
+            // The file or the disk under it, not the request: worth a retry later.
+            Some(
+                Code::ReadOnly
+                | Code::SystemIoFailure
+                | Code::CannotOpen
+                | Code::DatabaseBusy
+                | Code::DatabaseLocked,
+            ) => StoreError::Unavailable(format!("the database cannot be written: {e}")),
+            _ => StoreError::Sql(e),
+        }
     }
 }
 
@@ -112,6 +113,7 @@ struct UserView {
 
 pub struct Store {
     db: Connection,
+    file: open::DbFile,
     /// Committed views. `None` values remember users that do not exist.
     cache: RefCell<HashMap<UserId, Option<UserView>>>,
     in_batch: Cell<bool>,
@@ -120,21 +122,38 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the database for a server: refuses what would not survive a restart, takes the
+    /// one-server lock, checks the file's integrity and that it can be written, and brings the
+    /// schema to this binary's version. Nothing is written before every check has passed.
     pub fn open(path: &Path) -> Result<Store> {
+        open::check_path(path)?;
+        let file = open::DbFile::lock(path)?;
         let shown = path.display().to_string();
-        let db = Connection::open(path).map_err(|e| StoreError::Open(shown.clone(), e))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = Connection::open_with_flags(&file.path, flags)
+            .map_err(|e| StoreError::Open(shown.clone(), e))?;
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| StoreError::Open(shown.clone(), e))?;
+        check_integrity(&db, &shown)?;
+        // SQLite falls back to read-only when it may not write the file (mode, mount).
+        if db.is_readonly("main").unwrap_or(true) {
+            return Err(StoreError::Refused(format!(
+                "the database {shown} can only be opened read-only; periode-sse must write to it"
+            )));
+        }
         let setup = |db: &Connection| -> rusqlite::Result<()> {
-            db.busy_timeout(std::time::Duration::from_secs(5))?;
             // WAL: readers never wait for the writer; FULL: a commit is on disk when it returns.
             db.pragma_update(None, "journal_mode", "WAL")?;
             db.pragma_update(None, "synchronous", "FULL")?;
-            db.execute_batch(SCHEMA)?;
             db.set_prepared_statement_cache_capacity(32);
             Ok(())
         };
-        setup(&db).map_err(|e| StoreError::Open(shown, e))?;
+        setup(&db).map_err(|e| StoreError::Open(shown.clone(), e))?;
+        migrate(&db, &shown)?;
+        file.note_wal();
         Ok(Store {
             db,
+            file,
             cache: RefCell::new(HashMap::new()),
             in_batch: Cell::new(false),
             overlay: RefCell::new(HashMap::new()),
@@ -277,8 +296,15 @@ impl Store {
         Ok(())
     }
 
+    /// Makes the batch durable, or undoes it whole: after an error no transaction is left
+    /// open, so the caller's `rollback` finds nothing to undo.
     pub fn commit(&self) -> Result<()> {
-        self.db.execute_batch("COMMIT")?;
+        let done = self.file.check().and_then(|()| Ok(self.db.execute_batch("COMMIT")?));
+        if let Err(e) = done {
+            self.rollback();
+            return Err(e);
+        }
+        self.file.note_wal();
         self.in_batch.set(false);
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= MAX_CACHED_USERS {
@@ -288,10 +314,13 @@ impl Store {
         Ok(())
     }
 
-    /// Undoes the batch; the cache still matches what is committed.
+    /// Undoes the batch; the cache still matches what is committed. A failed statement or
+    /// commit (disk full, I/O error) may already have rolled the transaction back.
     pub fn rollback(&self) {
-        if let Err(e) = self.db.execute_batch("ROLLBACK") {
-            log::error!("rollback failed: {e}");
+        if !self.db.is_autocommit() {
+            if let Err(e) = self.db.execute_batch("ROLLBACK") {
+                log::error!("rollback failed: {e}");
+            }
         }
         self.in_batch.set(false);
         self.overlay.borrow_mut().clear();
@@ -299,11 +328,7 @@ impl Store {
 
     /// After a panic inside a batch: roll back if a transaction is still open.
     pub fn rollback_if_open(&self) {
-        if !self.db.is_autocommit() {
-            self.rollback();
-        }
-        self.in_batch.set(false);
-        self.overlay.borrow_mut().clear();
+        self.rollback();
     }
 
     /// Creates the user or sets their `active` flag.
@@ -461,6 +486,61 @@ impl Store {
     }
 }
 
+/// `PRAGMA quick_check`: every page read once, in the time of a sequential read of the file.
+fn check_integrity(db: &Connection, shown: &str) -> Result<()> {
+    let corrupt = |detail: String| {
+        StoreError::Refused(format!(
+            "the database {shown} is damaged ({detail}); restore it from a backup \
+             (see `periode-sse backup` in the README), or move it away to start afresh"
+        ))
+    };
+    let mut stmt = db.prepare("PRAGMA quick_check(5)").map_err(|e| corrupt(e.to_string()))?;
+    let findings: Vec<String> = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| corrupt(e.to_string()))?;
+    match findings.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        // One line for the operator: SQLite's findings may hold newlines; the first few do.
+        _ => Err(corrupt(
+            findings.iter().flat_map(|f| f.lines()).take(3).collect::<Vec<_>>().join("; "),
+        )),
+    }
+}
+
+/// Runs the schema steps in a write transaction, which doubles as the start-up's proof that
+/// the file (and its directory, for the `-wal`) can really be written.
+fn migrate(db: &Connection, shown: &str) -> Result<()> {
+    let cannot_write = |e: rusqlite::Error| match StoreError::from(e) {
+        StoreError::Full => StoreError::Refused(format!(
+            "cannot start on the database {shown}: its disk (or quota) is full"
+        )),
+        e => StoreError::Refused(format!("cannot write to the database {shown}: {e}")),
+    };
+    db.execute_batch("BEGIN IMMEDIATE").map_err(cannot_write)?;
+    match schema::migrate(db) {
+        Ok(done) => {
+            db.execute_batch("COMMIT").map_err(cannot_write)?;
+            if done.from != done.to && !done.fresh {
+                log::info!("database {shown}: schema version {} -> {}", done.from, done.to);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = db.execute_batch("ROLLBACK");
+            Err(match e {
+                schema::MigrateError::Newer(v) => StoreError::Refused(format!(
+                    "the database {shown} has schema version {v}, newer than this periode-sse \
+                     knows ({}); run the newer periode-sse that wrote it, or restore a backup \
+                     made for this version",
+                    schema::CURRENT
+                )),
+                schema::MigrateError::Sql(e) => cannot_write(e),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,6 +688,130 @@ mod tests {
             check(&store);
         }
         assert_eq!(store.last_notification_id(user).unwrap(), 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn one_store_per_file_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (store, dir) = temp_store("lock");
+        let path = dir.join("t.db");
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("in use by another periode-sse server") && err.contains("t.db"),
+            "{err}"
+        );
+        for file in ["t.db", "t.db-wal", "t.db-shm"] {
+            let mode = std::fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        assert_eq!(schema::version(&again.db).unwrap(), schema::CURRENT);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_file_refuses_commits() {
+        for replace in [false, true] {
+            let (store, dir) = temp_store(if replace { "replaced" } else { "deleted" });
+            store.begin().unwrap();
+            store.put_user(UserId(1), true).unwrap();
+            store.commit().unwrap();
+            for file in ["t.db", "t.db-wal", "t.db-shm"] {
+                std::fs::remove_file(dir.join(file)).unwrap();
+            }
+            if replace {
+                std::fs::write(dir.join("t.db"), b"").unwrap();
+            }
+            store.begin().unwrap();
+            store.put_user(UserId(2), true).unwrap();
+            let err = store.commit().unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+            assert!(store.db.is_autocommit());
+            // Nothing of the refused batch is believed: the cache holds what was committed.
+            assert_eq!(store.user_active(UserId(2)).unwrap(), None);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_its_own_error_and_leaves_no_transaction_open() {
+        let (store, dir) = temp_store("full");
+        let pages: i64 = store.db.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
+        store.db.pragma_update(None, "max_page_count", pages + 1).unwrap();
+        let mut failure = None;
+        for round in 0..200 {
+            store.begin().unwrap();
+            store.put_user(UserId(1), true).unwrap();
+            let long = "x".repeat(4000);
+            let step = store.insert_notification(UserId(1), &long).and_then(|_| store.commit());
+            if let Err(e) = step {
+                store.rollback(); // what the server does: must find nothing left to undo
+                failure = Some((round, e));
+                break;
+            }
+        }
+        let (_, err) = failure.expect("the page limit was never reached");
+        assert!(matches!(err, StoreError::Full), "{err:?}");
+        assert!(store.db.is_autocommit());
+        store.db.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        store.begin().unwrap();
+        store.put_user(UserId(2), true).unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.user_active(UserId(2)).unwrap(), Some(true));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn read_only_corrupt_and_newer_files_are_refused_untouched() {
+        use std::os::unix::fs::PermissionsExt;
+        let (store, dir) = temp_store("refused");
+        let path = dir.join("t.db");
+        store.begin().unwrap();
+        store.put_user(UserId(1), true).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("read-only") || err.contains("cannot be written"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let newer = Connection::open(&path).unwrap();
+        newer.execute_batch("PRAGMA user_version = 7").unwrap();
+        drop(newer);
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 7, newer"), "{err}");
+        let still = Connection::open(&path).unwrap();
+        assert_eq!(schema::version(&still).unwrap(), 7);
+        drop(still);
+
+        // Garbage over every page after the first.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096.min(bytes.len());
+        for b in bytes[page..].iter_mut() {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("damaged"), "{err}");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("damaged"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn directories_and_missing_parents_are_named() {
+        let dir =
+            std::env::temp_dir().join(format!("periode-sse-store-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = Store::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        let err = Store::open(&dir.join("no/such/t.db")).err().unwrap().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!dir.join("no").exists());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,0 +1,262 @@
+//! Start-up refusals against the real binary (SPEC §1, issue 12 items 1, 2, 4, 5, 11; issue
+//! 13's file modes and schema versions): what must not start, starts with a one-line reason
+//! naming the file and a non-zero exit, and leaves the database as it was.
+
+mod common;
+
+use common::{JsonBody, Options, Server, TempDir, BIN, SECRET};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs the binary to its end (killing it after 20 s: a server that should have refused but
+/// started is a failure, not a hang). Returns the exit code (`None`: it had to be killed) and
+/// stderr.
+fn run(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(cwd);
+    for var in ["JWT_SECRET", "RUST_LOG", "PERIODE_SSE_LISTEN", "PERIODE_SSE_DB"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let err_path = cwd.join(format!(".stderr-{}", std::process::id()));
+    let err_file = std::fs::File::create(&err_path).expect("stderr file");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err_file);
+    let mut child = cmd.spawn().expect("start periode-sse");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    (code, stderr)
+}
+
+fn serve_args<'a>(db: &'a str, listen: &'a str) -> Vec<&'a str> {
+    vec!["serve", "--db", db, "--listen", listen]
+}
+
+/// Asserts a refused start: non-zero exit, and exactly one line that contains every needle.
+fn assert_refused(result: (Option<i32>, String), needles: &[&str]) {
+    let (code, stderr) = result;
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}; stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
+    }
+}
+
+/// Stops a server with SIGTERM and waits for its clean exit, so its files can be inspected.
+fn stop(mut server: Server) -> Arc<TempDir> {
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    server.dir.clone()
+}
+
+#[test]
+fn a_second_server_on_one_file_is_refused_and_kill_9_frees_it() {
+    let first = Server::start_with(Options::default());
+    let db = first.db.to_str().unwrap().to_string();
+    assert_refused(
+        run(&serve_args(&db, "127.0.0.1:0"), &[("JWT_SECRET", SECRET)], &first.dir.0),
+        &[&db, "in use by another periode-sse server"],
+    );
+    // token reads the key only: no lock needed while the server runs.
+    let (code, stderr) =
+        run(&["token", "13", "--db", &db], &[("JWT_SECRET", SECRET)], &first.dir.0);
+    assert_eq!(code, Some(0), "{stderr}");
+    let dir = first.dir.clone();
+    drop(first); // SIGKILL: the kernel drops the lock with the process
+    let again = Server::start_with(Options { dir: Some(dir), ..Options::default() });
+    let admin = again.admin_token();
+    assert_eq!(
+        again.send_json("PUT", "/api/admin/users/5", &admin, r#"{"active":true}"#).status,
+        200
+    );
+}
+
+#[test]
+fn databases_that_would_not_survive_a_restart_are_refused_before_anything_is_written() {
+    let dir = TempDir::new();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (&["--db", ":memory:"], &[], ":memory:"),
+        (&["--db", ""], &[], "empty"),
+        (&[], &[("PERIODE_SSE_DB", "")], "empty"),
+        (&["--db", "file::memory:"], &[], "file::memory:"),
+        (&["--db", "file:x.db?mode=memory&cache=shared"], &[], "URIs"),
+        (&["--db", "file:/tmp/x.db?vfs=memdb"], &[], "URIs"),
+    ];
+    for (args, env, needle) in cases {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut env = env.to_vec();
+        env.push(("JWT_SECRET", SECRET));
+        assert_refused(run(&all, &env, &dir.0), &[needle]);
+        // Without JWT_SECRET a key file would be made beside the "database": not even that.
+        assert_refused(run(&all, &env[..env.len() - 1], &dir.0), &[needle]);
+        let left: Vec<_> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
+
+#[test]
+fn a_read_only_database_is_refused_even_for_root() {
+    let dir = stop(Server::start(&[]));
+    let db = common::db_path(&dir.0);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let shown = db.to_str().unwrap();
+    let (code, stderr) = run(&serve_args(shown, "127.0.0.1:0"), &[("JWT_SECRET", SECRET)], &dir.0);
+    assert_refused((code, stderr.clone()), &[shown]);
+    assert!(stderr.contains("read-only") || stderr.contains("cannot be written"), "{stderr}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+}
+
+#[test]
+fn a_damaged_database_is_refused_with_what_to_do() {
+    let dir = stop(Server::start(&[]));
+    let db = common::db_path(&dir.0);
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() > 4096, "the demo database has more than one page");
+    for b in bytes[4096..].iter_mut() {
+        *b = 0x5A;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let shown = db.to_str().unwrap();
+    assert_refused(
+        run(&serve_args(shown, "127.0.0.1:0"), &[("JWT_SECRET", SECRET)], &dir.0),
+        &[shown, "damaged", "backup"],
+    );
+    std::fs::write(&db, b"this is not an SQLite database, just text, long enough").unwrap();
+    assert_refused(
+        run(&serve_args(shown, "127.0.0.1:0"), &[("JWT_SECRET", SECRET)], &dir.0),
+        &[shown, "damaged"],
+    );
+}
+
+#[test]
+fn a_database_from_a_newer_binary_is_refused_and_an_unversioned_one_migrates() {
+    let dir = stop(Server::start(&[]));
+    let db = common::db_path(&dir.0);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 1, "a new database records schema version 1");
+    conn.pragma_update(None, "user_version", 0).unwrap(); // as databases made before versions
+    drop(conn);
+    let server = Server::start_with(Options { dir: Some(dir), ..Options::default() });
+    server.log.wait_for("schema version 0 -> 1", 0, Duration::from_secs(5));
+    let status = server.get(common::STATUS, Some(&server.token(13)));
+    assert_eq!(status.json()["currentSpending"], 267000, "{}", status.body);
+    let dir = stop(server);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "user_version", 2).unwrap();
+    drop(conn);
+    let shown = db.to_str().unwrap();
+    assert_refused(
+        run(&serve_args(shown, "127.0.0.1:0"), &[("JWT_SECRET", SECRET)], &dir.0),
+        &[shown, "schema version 2, newer"],
+    );
+}
+
+#[test]
+fn a_demo_start_that_cannot_bind_changes_nothing() {
+    let dir = stop(Server::start_with(Options::default()));
+    let db = common::db_path(&dir.0);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run(
+        &["serve", "--demo", "--db", db.to_str().unwrap(), "--listen", &port],
+        &[("JWT_SECRET", SECRET)],
+        &dir.0,
+    );
+    assert!(matches!(code, Some(c) if c != 0), "{code:?} {stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    drop(taken);
+    let server = Server::start_with(Options { dir: Some(dir), ..Options::default() });
+    let r = server.get(common::STATUS, Some(&server.token(13)));
+    assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("unknown_user")), "{}", r.body);
+}
+
+#[test]
+fn the_database_and_its_wal_are_private() {
+    let server = Server::start(&[]);
+    let r = server.send_json("POST", common::TRANSACTIONS, &server.token(13), r#"{"amount":1}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", server.db.display());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{path}");
+    }
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused_with_the_chmod() {
+    let dir = TempDir::new();
+    let db = common::db_path(&dir.0);
+    let key = format!("{}.secret", db.display());
+    std::fs::write(&key, format!("{}\n", "k".repeat(43))).unwrap();
+    let shown = db.to_str().unwrap();
+    for mode in [0o644, 0o604, 0o640] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_refused(
+            run(&serve_args(shown, "127.0.0.1:0"), &[], &dir.0),
+            &[&key, &format!("chmod 600 {key}")],
+        );
+        assert_refused(run(&["token", "1", "--db", shown], &[], &dir.0), &["chmod 600"]);
+    }
+    for (text, needle) in [("", "at least 32"), ("short\n", "at least 32"), ("a b\n", "printable")]
+    {
+        std::fs::write(&key, text).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_refused(run(&serve_args(shown, "127.0.0.1:0"), &[], &dir.0), &[&key, needle]);
+    }
+    std::fs::remove_file(&key).unwrap();
+    std::fs::create_dir(&key).unwrap();
+    assert_refused(
+        run(&serve_args(shown, "127.0.0.1:0"), &[], &dir.0),
+        &[&key, "not a regular file"],
+    );
+}
+
+#[test]
+fn bad_database_paths_say_what_is_wrong() {
+    let dir = TempDir::new();
+    let here = dir.0.to_str().unwrap();
+    let missing = format!("{here}/no/such/dir/p.db");
+    let env = [("JWT_SECRET", SECRET)];
+    assert_refused(run(&serve_args(here, "127.0.0.1:0"), &env, &dir.0), &[here, "is a directory"]);
+    assert_refused(
+        run(&serve_args(&missing, "127.0.0.1:0"), &env, &dir.0),
+        &["does not exist", &format!("{here}/no/such/dir")],
+    );
+    assert_refused(
+        run(&serve_args("/dev/null", "127.0.0.1:0"), &env, &dir.0),
+        &["not a regular file"],
+    );
+    // A symlink to a file elsewhere is followed: the lock and the watch are on the real file.
+    let real = dir.0.join("real.db");
+    let link = dir.0.join("test.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let dir = Arc::new(dir);
+    let server = Server::start_with(Options { dir: Some(dir.clone()), ..Options::default() });
+    server.create_user(3);
+    assert!(real.exists() && std::path::Path::new(&format!("{}-wal", real.display())).exists());
+    assert_refused(
+        run(&serve_args(real.to_str().unwrap(), "127.0.0.1:0"), &env, &dir.0),
+        &["in use by another periode-sse server"],
+    );
+}
