@@ -302,6 +302,8 @@ impl Server {
         }
         if reply.token_in_query {
             http::header(&mut out, "Cache-Control", b"no-store");
+        } else if let Some(cache) = response.cache_control {
+            http::header(&mut out, "Cache-Control", cache.as_bytes());
         }
         self.write_cors(&mut out, reply);
         http::end_head(&mut out, response.status, response.body.len(), reply.persistence());
