@@ -1,9 +1,12 @@
 //! Stream tickets (SPEC §8): single-use, 30-second stand-ins for a token in a stream URL.
 //!
-//! `POST …/notifications/ticket` mints one for the caller's user; `?ticket=` on the stream URL
-//! redeems it. A ticket is 128 random bits from the kernel (`getrandom`), shown to the client
-//! as 22 base64url characters; the server keeps only what it needs to redeem it (the bits, the
-//! user, the expiry, whether it was used). Pure apart from `fresh_secret`'s one system call: no
+//! `POST …/notifications/ticket` mints one for the caller's verified claims; `?ticket=` on the
+//! stream URL redeems it and gives those claims back, so a ticketed stream is served exactly as
+//! one opened with the token itself would be (same user, same role, and it still ends at the
+//! token's `exp` plus the leeway: a ticket never outlives the token it was bought with). A
+//! ticket is 128 random bits from the kernel (`getrandom`), shown to the client as 22 base64url
+//! characters; the server keeps only what it needs to redeem it (the bits, the claims, the
+//! ticket's expiry, whether it was used). Pure apart from `fresh_secret`'s one system call: no
 //! sockets, no clock (`now_ms` is passed in), no logging, and a ticket never appears in a
 //! `Debug` or `Display` output: it is a credential for as long as it lives.
 //!
@@ -20,6 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use crate::domain::UserId;
+use crate::jwt::Claims;
 
 /// How long a ticket is valid, in milliseconds (SPEC §8: 30 s).
 pub const TICKET_TTL_MS: i64 = 30_000;
@@ -109,7 +113,7 @@ impl fmt::Display for Refusal {
 impl std::error::Error for Refusal {}
 
 struct Entry {
-    user: UserId,
+    claims: Claims,
     expires_at_ms: i64,
     used: bool,
 }
@@ -153,29 +157,31 @@ impl Tickets {
         self.by_secret.len()
     }
 
-    /// Mints a ticket for `user` with fresh random bits from the kernel.
-    pub fn mint(&mut self, user: UserId, now_ms: i64) -> Result<Minted, MintError> {
+    /// Mints a ticket for the claims of a verified token, with fresh random bits from the
+    /// kernel. The claims come back whole from `redeem`.
+    pub fn mint(&mut self, claims: Claims, now_ms: i64) -> Result<Minted, MintError> {
         let secret = fresh_secret().ok_or(MintError::NoRandomness)?;
-        self.mint_with(user, secret, now_ms)
+        self.mint_with(claims, secret, now_ms)
     }
 
     /// Mints a ticket from given random bytes: `mint` without the system call, for tests.
     pub fn mint_from(
         &mut self,
-        user: UserId,
+        claims: Claims,
         random: [u8; SECRET_BYTES],
         now_ms: i64,
     ) -> Result<Minted, MintError> {
-        self.mint_with(user, Secret(random), now_ms)
+        self.mint_with(claims, Secret(random), now_ms)
     }
 
     fn mint_with(
         &mut self,
-        user: UserId,
+        claims: Claims,
         secret: Secret,
         now_ms: i64,
     ) -> Result<Minted, MintError> {
         self.sweep(now_ms);
+        let user = claims.user;
         if self.per_user.get(&user).copied().unwrap_or(0) >= self.max_per_user {
             return Err(MintError::UserFull);
         }
@@ -188,14 +194,16 @@ impl Tickets {
             return Err(MintError::NoRandomness);
         }
         let expires_at_ms = now_ms.saturating_add(TICKET_TTL_MS);
-        self.by_secret.insert(secret, Entry { user, expires_at_ms, used: false });
+        self.by_secret.insert(secret, Entry { claims, expires_at_ms, used: false });
         self.order.push_back((secret, expires_at_ms));
         *self.per_user.entry(user).or_insert(0) += 1;
         Ok(Minted { text: URL_SAFE_NO_PAD.encode(secret.0) })
     }
 
-    /// Redeems the `?ticket=` value: the user it was minted for, once, within its 30 s.
-    pub fn redeem(&mut self, ticket: &[u8], now_ms: i64) -> Result<UserId, Refusal> {
+    /// Redeems the `?ticket=` value: the claims it was minted for, once, within its 30 s. The
+    /// caller still checks what it checks for a token (the user is active, and the claims'
+    /// `expires_at` bounds the stream).
+    pub fn redeem(&mut self, ticket: &[u8], now_ms: i64) -> Result<Claims, Refusal> {
         self.sweep(now_ms);
         let secret = parse(ticket).ok_or(Refusal::Unknown)?;
         // The map's own comparison is not constant-time, but what it compares is 128 random
@@ -209,7 +217,7 @@ impl Tickets {
             return Err(Refusal::Used);
         }
         entry.used = true;
-        Ok(entry.user)
+        Ok(entry.claims)
     }
 
     /// Drops every ticket whose 30 s have passed, oldest first; bounded by what it removes.
@@ -220,10 +228,11 @@ impl Tickets {
             }
             self.order.pop_front();
             if let Some(entry) = self.by_secret.remove(&secret) {
-                if let Some(count) = self.per_user.get_mut(&entry.user) {
+                let user = entry.claims.user;
+                if let Some(count) = self.per_user.get_mut(&user) {
                     *count -= 1;
                     if *count == 0 {
-                        self.per_user.remove(&entry.user);
+                        self.per_user.remove(&user);
                     }
                 }
             }
@@ -267,8 +276,15 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_730_000_000_000;
-    const ALICE: UserId = UserId(13);
-    const BOB: UserId = UserId(14);
+    use crate::domain::Role;
+
+    const ALICE: Claims =
+        Claims { user: UserId(13), role: Role::User, expires_at: 1_730_000_000 + 3600 };
+    const BOB: Claims = Claims { user: UserId(14), role: Role::User, expires_at: 1_730_000_000 };
+
+    fn user(id: i64) -> Claims {
+        Claims { user: UserId(id), role: Role::User, expires_at: 1_730_000_000 }
+    }
 
     fn seeded(n: u8) -> [u8; SECRET_BYTES] {
         [n; SECRET_BYTES]
@@ -356,7 +372,7 @@ mod tests {
         tickets.mint_from(BOB, seeded(4), NOW + 1).expect("room");
         tickets.mint_from(BOB, seeded(5), NOW + 1).expect("room");
         assert_eq!(
-            tickets.mint_from(UserId(15), seeded(6), NOW + 1).map(|_| ()),
+            tickets.mint_from(user(15), seeded(6), NOW + 1).map(|_| ()),
             Err(MintError::Full)
         );
         assert_eq!(tickets.outstanding(), 4);
@@ -383,7 +399,7 @@ mod tests {
     fn kernel_tickets_differ() {
         let mut tickets = Tickets::default();
         let texts: std::collections::HashSet<String> = (0..50)
-            .map(|i| tickets.mint(UserId(i), NOW).expect("kernel randomness").as_str().to_owned())
+            .map(|i| tickets.mint(user(i), NOW).expect("kernel randomness").as_str().to_owned())
             .collect();
         assert_eq!(texts.len(), 50);
     }

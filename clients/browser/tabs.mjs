@@ -77,7 +77,8 @@ export async function sharedStream(browser, server, tok) {
       roles.filter((r) => r === 'follower').length === TABS - 1,
     `one leader tab and ${TABS - 1} followers: ${roles.join(' ')}`);
     const h = await health(server.base, tok);
-    check(h.connectedClients === 1, `the server sees one stream for the user: ${JSON.stringify(h)}`);
+    check(h.connectedClients === 1,
+      `the server sees one stream for the user: ${JSON.stringify(h)}`);
 
     // The snapshot reached every tab: the leader's from its stream, the others' relayed.
     const [k] = await loggedIds(pages[0]);
@@ -134,7 +135,8 @@ export async function fallbackStreams(browser, server, tok, lastId) {
     const roles = await Promise.all(pages.map(role));
     check(roles.every((r) => r === 'solo'), `without BroadcastChannel every tab is solo: ${roles}`);
     const h = await health(server.base, tok);
-    check(h.connectedClients === count, `one stream per tab: connectedClients ${h.connectedClients}`);
+    check(h.connectedClients === count,
+      `one stream per tab: connectedClients ${h.connectedClients}`);
     await waitAllContiguous(pages, lastId, lastId, `every tab has its own snapshot #${lastId}`);
     for (let i = 1; i <= 10; i++) await recordSpending(server.base, tok, 100, `solo ${i}`);
     await waitAllContiguous(pages, lastId, lastId + 10,

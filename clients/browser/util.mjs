@@ -80,7 +80,8 @@ export async function until(what, fn, timeoutMs = WAIT_MS, everyMs = 50) {
     if (last) return last;
     await new Promise((r) => setTimeout(r, everyMs));
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
 
 /** GET /health for the token's user. */

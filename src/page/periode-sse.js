@@ -106,7 +106,8 @@ export class PeriodeClient extends EventTarget {
     this._beatPeriodMs = 0;  // the heartbeat period, as observed between two heartbeats
     this._everLive = false;
     if (options.onNotification) {
-      this.addEventListener('notification', (e) => options.onNotification(e.detail.data, e.detail.id));
+      this.addEventListener('notification',
+        (e) => options.onNotification(e.detail.data, e.detail.id));
     }
     if (options.onState) {
       this.addEventListener('state', (e) => options.onState(e.detail.state, e.detail));
