@@ -99,7 +99,6 @@ export class PeriodeClient extends EventTarget {
     this._pending = null;    // one being opened (a reconnection, or a renewal beside _live)
     this._attempt = 0;       // the newest open attempt: older ones' results are dropped
     this._retries = 0;
-    this._refusals = 0;
     this._timers = { retry: 0, renew: 0, watchdog: 0 };
     this._beatAt = 0;        // last sign of life on the live stream, ms
     this._heartbeatAt = 0;   // last heartbeat on the live stream, ms
@@ -198,8 +197,8 @@ export class PeriodeClient extends EventTarget {
       this._live = es;
       this._pending = null;
       if (old) old.close(); // a renewal: the new stream is up, the old one can go
+      clearTimeout(this._timers.retry); // a retry planned while this one was opening
       this._retries = 0;
-      this._refusals = 0;
       this._everLive = true;
       this._beatAt = Date.now();
       this._heartbeatAt = 0;
