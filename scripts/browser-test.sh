@@ -31,7 +31,7 @@ step "npm ci (playwright-core pinned in clients/browser/package-lock.json)"
 step "scenario"
 mkdir -p target/browser
 rm -rf target/browser/run-* target/browser/profile-*
-if timeout 180 node clients/browser/test.mjs; then
+if timeout 300 node clients/browser/test.mjs; then
   rm -rf target/browser/run-* target/browser/profile-*
   echo "browser-test: passed (screenshots in target/browser/)"
 else

@@ -25,6 +25,13 @@ const METRICS_PATH: &str = "/metrics";
 const PAGE_PATH: &str = "/";
 /// The live page: one static file, compiled in, no build step and no external assets.
 pub const PAGE_HTML: &str = include_str!("page/index.html");
+const SCRIPT_PATH: &str = "/periode-sse.js";
+/// The browser module (SPEC §8), compiled in like the page. It changes only with the binary,
+/// so browsers may keep it an hour: a new tab within that hour costs no request, and an
+/// upgrade reaches every browser within the hour (older copies keep working: they use only
+/// the public API). There is no validator, so after the hour it is simply fetched again.
+pub const SCRIPT_JS: &str = include_str!("page/periode-sse.js");
+const SCRIPT_CACHE_CONTROL: &str = "public, max-age=3600";
 const MAX_DESCRIPTION_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +44,7 @@ pub enum Route {
     AdminUser,
     Metrics,
     Page,
+    Script,
     Unknown,
 }
 
@@ -50,6 +58,7 @@ impl Route {
             LIMIT_PATH => Route::Limit,
             METRICS_PATH => Route::Metrics,
             PAGE_PATH | "/index.html" => Route::Page,
+            SCRIPT_PATH => Route::Script,
             p if p.starts_with(ADMIN_USERS_PREFIX)
                 && !p[ADMIN_USERS_PREFIX.len()..].contains('/') =>
             {
@@ -70,6 +79,7 @@ impl Route {
             Route::AdminUser => "admin_user",
             Route::Metrics => "metrics",
             Route::Page => "page",
+            Route::Script => "script",
             Route::Unknown => "unknown",
         }
     }
@@ -81,6 +91,7 @@ impl Route {
             | Route::Stream
             | Route::Metrics
             | Route::Page
+            | Route::Script
             | Route::Unknown => (Method::Get, "GET, HEAD, OPTIONS"),
             Route::Transactions => (Method::Post, "POST, OPTIONS"),
             Route::Limit | Route::AdminUser => (Method::Put, "PUT, OPTIONS"),
@@ -96,13 +107,22 @@ pub struct Response {
     pub body: String,
     pub www_authenticate: Option<&'static str>,
     pub allow: Option<&'static str>,
+    /// `Cache-Control` for answers that may be cached (the browser module); `None`: no header.
+    pub cache_control: Option<&'static str>,
 }
 
 pub const JSON: &str = "application/json";
 
 impl Response {
     pub fn json(status: u16, body: String) -> Response {
-        Response { status, content_type: JSON, body, www_authenticate: None, allow: None }
+        Response {
+            status,
+            content_type: JSON,
+            body,
+            www_authenticate: None,
+            allow: None,
+            cache_control: None,
+        }
     }
 
     pub fn error(status: u16, code: &str, message: &str) -> Response {
@@ -116,6 +136,7 @@ impl Response {
             body: String::new(),
             www_authenticate: None,
             allow: None,
+            cache_control: None,
         }
     }
 }
@@ -176,7 +197,7 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
         return Ok(Outcome::Preflight);
     }
     let route = Route::of(req.path);
-    if route == Route::Page {
+    if matches!(route, Route::Page | Route::Script) {
         let (method, allow) = route.allowed();
         if req.method != method && req.method != Method::Head {
             let mut response = Response::error(
@@ -187,9 +208,15 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
             response.allow = Some(allow);
             return Err(response);
         }
-        // The page holds no data: it asks for a token and uses the API like any client.
-        let mut response = Response::json(200, PAGE_HTML.to_string());
-        response.content_type = "text/html; charset=utf-8";
+        // Neither file holds data: they ask for a token and use the API like any client.
+        if route == Route::Page {
+            let mut response = Response::json(200, PAGE_HTML.to_string());
+            response.content_type = "text/html; charset=utf-8";
+            return Ok(Outcome::Respond(response));
+        }
+        let mut response = Response::json(200, SCRIPT_JS.to_string());
+        response.content_type = "text/javascript; charset=utf-8";
+        response.cache_control = Some(SCRIPT_CACHE_CONTROL);
         return Ok(Outcome::Respond(response));
     }
     let claims = handle_inner_checks(req, ctx, route)?;
@@ -206,7 +233,9 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
             response.content_type = "text/plain; version=0.0.4; charset=utf-8";
             Ok(Outcome::Respond(response))
         }
-        Route::Page | Route::Unknown => Err(Response::error(404, "not_found", "no such endpoint")),
+        Route::Page | Route::Script | Route::Unknown => {
+            Err(Response::error(404, "not_found", "no such endpoint"))
+        }
     }
 }
 
@@ -541,6 +570,7 @@ mod tests {
             ("/api/admin/users/x", Route::AdminUser),
             ("/api/admin/users/13/x", Route::Unknown),
             ("/metrics", Route::Metrics),
+            ("/periode-sse.js", Route::Script),
             ("/api/periode-limit/", Route::Unknown),
             ("/nope", Route::Unknown),
         ];

@@ -11,6 +11,9 @@
 //! and only then the payload: `exp` (required, then expiry), `nbf`, the user id (`sub` and/or
 //! `userId`), `role`. Nothing in the payload is decoded before the signature has passed, so a
 //! forged token can only ever learn "signature does not match".
+//!
+//! Key rotation (`Keys`, SPEC §8): a token is verified against the current key and, only when
+//! that MAC does not match, against the previous key; signing only ever uses the current key.
 
 use std::fmt;
 
@@ -107,6 +110,39 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// The keys a server verifies with during a key rotation (SPEC §8): the current one
+/// (`JWT_SECRET`), which is also the only one anything is signed with, and optionally the
+/// previous one (`JWT_SECRET_PREVIOUS`), accepted for verification only, so that changing the
+/// key logs no one out: tokens signed before the change keep working until they expire.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    current: Key,
+    previous: Option<Key>,
+}
+
+impl Keys {
+    /// `previous` is `None` outside a rotation. A previous key equal to the current one is
+    /// harmless: it only repeats a check that already failed.
+    pub fn new(current: &[u8], previous: Option<&[u8]>) -> Keys {
+        Keys { current: Key::new(current), previous: previous.map(Key::new) }
+    }
+
+    /// The key tokens are signed with; the previous key is never handed out for signing.
+    pub fn current(&self) -> &Key {
+        &self.current
+    }
+
+    /// Whether a previous key is configured (for the start-up log line, never the key).
+    pub fn rotating(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// `sign` with the current key.
+    pub fn sign(&self, user: UserId, role: Role, issued_at: i64, ttl_secs: i64) -> String {
+        sign_with(user, role, issued_at, ttl_secs, &self.current)
+    }
+}
+
 /// Checks a compact HS256 token against `key` at `now_secs` (unix seconds) and returns its
 /// claims. See the module comment for the order of checks.
 pub fn verify(token: &[u8], key: &[u8], now_secs: i64) -> Result<Claims, JwtError> {
@@ -115,6 +151,22 @@ pub fn verify(token: &[u8], key: &[u8], now_secs: i64) -> Result<Claims, JwtErro
 
 /// `verify` with a prepared key: what the server calls for every request.
 pub fn verify_with(token: &[u8], key: &Key, now_secs: i64) -> Result<Claims, JwtError> {
+    verify_against(token, key, None, now_secs)
+}
+
+/// `verify` against the current key, and then, only if its MAC did not match, the previous
+/// one. Every other rule is checked once, whichever key signed the token: a token signed
+/// with the previous key is exactly as good as one signed with the current key, no better.
+pub fn verify_with_keys(token: &[u8], keys: &Keys, now_secs: i64) -> Result<Claims, JwtError> {
+    verify_against(token, &keys.current, keys.previous.as_ref(), now_secs)
+}
+
+fn verify_against(
+    token: &[u8],
+    key: &Key,
+    previous: Option<&Key>,
+    now_secs: i64,
+) -> Result<Claims, JwtError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwtError::Format);
     }
@@ -138,7 +190,12 @@ pub fn verify_with(token: &[u8], key: &Key, now_secs: i64) -> Result<Claims, Jwt
 
     // The exact bytes received, dots included: re-serialising the JSON would change them.
     let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-    check_signature(signing_input, signature_b64, key)?;
+    match (check_signature(signing_input, signature_b64, key), previous) {
+        (Err(JwtError::Signature), Some(previous)) => {
+            check_signature(signing_input, signature_b64, previous)?
+        }
+        (result, _) => result?,
+    }
 
     let payload: Payload = parse_json_object(&decode_part(payload_b64)?)?;
     claims_from(&payload, now_secs)
@@ -147,6 +204,12 @@ pub fn verify_with(token: &[u8], key: &Key, now_secs: i64) -> Result<Claims, Jwt
 /// Signs the claims `{"sub":"<id>","role":"user|admin","iat":issued_at,"exp":issued_at+ttl}`
 /// into a compact JWS string.
 pub fn sign(user: UserId, role: Role, issued_at: i64, ttl_secs: i64, key: &[u8]) -> String {
+    sign_with(user, role, issued_at, ttl_secs, &Key::new(key))
+}
+
+/// `sign` with a prepared key. An empty key signs nothing: the token gets an empty signature,
+/// which no verifier accepts.
+pub fn sign_with(user: UserId, role: Role, issued_at: i64, ttl_secs: i64, key: &Key) -> String {
     let payload = format!(
         r#"{{"sub":"{}","role":"{}","iat":{},"exp":{}}}"#,
         user.0,
@@ -158,12 +221,11 @@ pub fn sign(user: UserId, role: Role, issued_at: i64, ttl_secs: i64, key: &[u8])
     token.push_str(SIGNED_HEADER_B64);
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-    // HMAC takes keys of any length, so this cannot fail; if it ever did, the token is left
+    // The prepared key is cloned, not rebuilt; an empty key (`Key(None)`) leaves the token
     // with an empty signature, which no verifier accepts: failing closed, without a panic.
-    let tag = HmacSha256::new_from_slice(key)
-        .map(|mac| mac.chain_update(token.as_bytes()).finalize().into_bytes());
+    let tag = key.0.clone().map(|mac| mac.chain_update(token.as_bytes()).finalize().into_bytes());
     token.push('.');
-    if let Ok(tag) = tag {
+    if let Some(tag) = tag {
         URL_SAFE_NO_PAD.encode_string(tag, &mut token);
     }
     token
@@ -790,6 +852,67 @@ mod tests {
                 assert!(result.is_err(), "accepted a changed token: {token:?}");
             }
         }
+    }
+
+    #[test]
+    fn rotation_accepts_the_previous_key_for_verification_only() {
+        const OLD: &[u8] = b"the-previous-key-0123456789abcdef";
+        const OTHER: &[u8] = b"some-other-key-0123456789abcdefgh";
+        let keys = Keys::new(KEY, Some(OLD));
+        assert!(keys.rotating());
+        let want = Claims { user: UserId(13), role: Role::User, expires_at: NOW + 600 };
+        let by_current = sign(UserId(13), Role::User, NOW, 600, KEY);
+        let by_previous = sign(UserId(13), Role::User, NOW, 600, OLD);
+        let by_other = sign(UserId(13), Role::User, NOW, 600, OTHER);
+        assert_eq!(verify_with_keys(by_current.as_bytes(), &keys, NOW), Ok(want));
+        assert_eq!(verify_with_keys(by_previous.as_bytes(), &keys, NOW), Ok(want));
+        assert_eq!(
+            verify_with_keys(by_other.as_bytes(), &keys, NOW),
+            Err(JwtError::Signature),
+            "a key that is neither current nor previous"
+        );
+        // Without a rotation the previous key's tokens are refused again.
+        let current_only = Keys::new(KEY, None);
+        assert!(!current_only.rotating());
+        assert_eq!(verify_with_keys(by_current.as_bytes(), &current_only, NOW), Ok(want));
+        assert_eq!(
+            verify_with_keys(by_previous.as_bytes(), &current_only, NOW),
+            Err(JwtError::Signature)
+        );
+        // The previous key gets no leniency: expiry and claims are checked as for the current.
+        assert_eq!(
+            verify_with_keys(by_previous.as_bytes(), &keys, NOW + 661),
+            Err(JwtError::Expired)
+        );
+        let no_user = token_with(r#"{"alg":"HS256"}"#, r#"{"exp":1730000600}"#);
+        assert_eq!(
+            verify_with_keys(no_user.as_bytes(), &Keys::new(OTHER, Some(KEY)), NOW),
+            Err(JwtError::Claims("sub or userId is missing"))
+        );
+        // Errors before the MAC are not retried with the previous key.
+        let none = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"sub":"1","exp":2e9}"#));
+        assert_eq!(verify_with_keys(none.as_bytes(), &keys, NOW), Err(JwtError::Algorithm));
+        // An empty previous key verifies nothing.
+        let empty_previous = Keys::new(KEY, Some(b""));
+        let by_empty = sign(UserId(13), Role::User, NOW, 600, b"");
+        assert_eq!(
+            verify_with_keys(by_empty.as_bytes(), &empty_previous, NOW),
+            Err(JwtError::Signature)
+        );
+    }
+
+    #[test]
+    fn rotation_signs_with_the_current_key_only() {
+        const OLD: &[u8] = b"the-previous-key-0123456789abcdef";
+        let keys = Keys::new(KEY, Some(OLD));
+        let token = keys.sign(UserId(13), Role::User, NOW, 3600);
+        assert_eq!(token, sign(UserId(13), Role::User, NOW, 3600, KEY));
+        assert_eq!(token, sign_with(UserId(13), Role::User, NOW, 3600, keys.current()));
+        assert!(verify(token.as_bytes(), KEY, NOW).is_ok());
+        assert_eq!(verify(token.as_bytes(), OLD, NOW), Err(JwtError::Signature));
+        // Debug shows neither key.
+        let shown = format!("{keys:?}");
+        assert!(!shown.contains("previous-key") && !shown.contains("0123"), "{shown}");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //!
 //! Layers, from the socket inwards: `server` (the loop) → `conn` (one socket's state and
 //! pumps) → `http` (bytes to requests) → `api` (what a request means) → `writes` (applied in
-//! the group commit) → `store` (SQLite). Beside them, pure and socket-free: `jwt`, `sse`,
-//! `spending`, `timer`, `registry`, `time`, `config`, `metrics`.
+//! the group commit) → `store` (SQLite). Beside them, pure and socket-free: `jwt`, `tickets`,
+//! `sse`, `spending`, `timer`, `registry`, `time`, `config`, `metrics`.
 
 pub mod api;
 pub mod config;
@@ -24,6 +24,7 @@ pub mod server;
 pub mod spending;
 pub mod sse;
 pub mod store;
+pub mod tickets;
 pub mod time;
 pub mod timer;
 pub mod writes;

@@ -4,78 +4,34 @@
 // 1. The live page at / with the demo token in the fragment: "live", 267000 / 200000, alert.
 // 2. A transaction through the page's form moves the gauge (272000).
 // 3. SIGTERM; a server restarted on the same database and port records a transaction (POST from
-//    this process) while the page is away; the browser reconnects by itself with Last-Event-ID
+//    this process) while the page is away; the module reconnects by itself with lastEventId
 //    and the page shows it (277000) with the next event id — nothing lost, nothing repeated.
-//    Then the server freezes (SIGSTOP): heartbeats stop, the page's watchdog reopens from the
+//    Then the server freezes (SIGSTOP): heartbeats stop, the module's watchdog reopens from the
 //    last id once it answers again.
 // 4. README.md's snippets, as written, on a page from another origin allowed by
 //    --cors-origin: the stream shows the spending, the fetch POST records (preflight with
 //    Authorization), and the browser's resume after a restart passes CORS too; from an origin
 //    not allowed the browser gets nothing.
+// 5. The browser module in many tabs (tabs.mjs): eight tabs share one stream, the leader tab
+//    closes mid-burst and another takes over; without BroadcastChannel one stream per tab;
+//    README's module snippet renews 4-second tokens with no gap.
 // Screenshots go to target/browser/ (CI artifact); UPDATE_SCREENSHOT=1 also copies the live
 // page's to docs/screenshot.png.
 import { chromium } from 'playwright-core';
-import { createServer } from 'node:http';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   ROOT, startServer, stopQuietly, token, recordSpending, tempDir, check,
 } from '../server.mjs';
+import {
+  OUT, WAIT_MS, expectText, loggedIds, snippet, replaceOnce, serveStatic,
+} from './util.mjs';
+import {
+  moduleServed, sharedStream, fallbackStreams, tokenRenewal, measureTabs,
+} from './tabs.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const RETRY_MS = 2000; // long enough that the POST after the restart lands before the page is back
-const OUT = join(ROOT, 'target', 'browser');
-const WAIT_MS = 10000;
-
-/** Wait until the element's text (or an attribute) equals the expected value. */
-async function expectText(page, selector, expected, { attr = null, timeout = WAIT_MS } = {}) {
-  try {
-    await page.waitForFunction(([sel, exp, at]) => {
-      const el = document.querySelector(sel);
-      return el && (at ? el.getAttribute(at) : el.textContent.trim()) === exp;
-    }, [selector, expected, attr], { timeout, polling: 100 });
-  } catch (err) {
-    const got = await page.$eval(selector, (el, at) => (at ? el.getAttribute(at) : el.textContent),
-      attr).catch(() => '(missing)');
-    throw new Error(`${selector}${attr ? `[${attr}]` : ''}: wanted "${expected}", got "${got}"`);
-  }
-  check(true, `${selector}${attr ? `[${attr}]` : ''} = ${expected}`);
-}
-
-/** Notification ids in the page's log, oldest first. */
-function loggedIds(page) {
-  return page.$$eval('#log li[data-kind="notification"] .id',
-    (spans) => spans.map((s) => Number(s.textContent.slice(1))).reverse());
-}
-
-/** Extract a marked ```block from README.md. */
-function snippet(name) {
-  const md = readFileSync(join(ROOT, 'README.md'), 'utf8');
-  const f = '```';
-  const m = new RegExp(`<!-- snippet:${name}\\b[^]*?-->\\s*${f}\\w*\\n([^]*?)${f}`).exec(md);
-  if (!m) throw new Error(`README.md has no snippet:${name}`);
-  return m[1];
-}
-
-function replaceOnce(text, from, to) {
-  const parts = text.split(from);
-  if (parts.length !== 2) throw new Error(`the snippet must contain ${from} exactly once`);
-  return parts.join(to);
-}
-
-/** A static server for the snippet page: another origin than periode-sse's. */
-function serveStatic() {
-  let html = '';
-  const srv = createServer((req, res) => {
-    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
-    res.end(html);
-  });
-  return new Promise((res) => srv.listen(0, '127.0.0.1', () => res({
-    port: srv.address().port,
-    setPage: (body) => { html = body; },
-    close: () => new Promise((r) => { srv.closeAllConnections(); srv.close(r); }),
-  })));
-}
 
 async function livePage(browser, server, db, tok, args) {
   const page = await browser.newPage();
@@ -134,7 +90,8 @@ async function livePage(browser, server, db, tok, args) {
     // A connection that dies silently (server frozen: no FIN, no error): heartbeats stop, the
     // page's watchdog reopens from the last id once the server answers again.
     // The watchdog arms once it has seen two heartbeats on one connection (the period).
-    await page.waitForFunction(() => beatPeriodMs > 0, null, { timeout: 5000 });
+    await page.waitForFunction(() => window.periodeClient._beatPeriodMs > 0, null,
+      { timeout: 5000 });
     server.child.kill('SIGSTOP');
     try {
       await page.waitForFunction(() => [...document.querySelectorAll('#log li')]
@@ -222,8 +179,13 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   try {
+    await moduleServed(server);
     server = await livePage(browser, server, db, tok, args);
     server = await snippetPage(browser, server, db, tok, statics, args);
+    let lastId = await sharedStream(browser, server, tok);
+    lastId = await fallbackStreams(browser, server, tok, lastId);
+    lastId = await tokenRenewal(browser, server, db, statics, lastId);
+    if (process.env.MEASURE) await measureTabs(browser, server, tok);
   } finally {
     await browser.close();
     await stopQuietly(server);
@@ -232,9 +194,9 @@ async function main() {
 }
 
 const watchdog = setTimeout(() => {
-  console.error('browser test: overall time limit (150 s) reached');
+  console.error('browser test: overall time limit (240 s) reached');
   process.exit(1);
-}, 150000);
+}, 240000);
 main().then(
   () => { clearTimeout(watchdog); console.log('browser: 1 passed, 0 failed'); },
   (err) => {

@@ -480,6 +480,8 @@ pub(super) fn respond(
     }
     if reply.token_in_query {
         field("Cache-Control", b"no-store");
+    } else if let Some(cache) = response.cache_control {
+        field("Cache-Control", cache.as_bytes());
     }
     head::write_head(
         &mut out,
