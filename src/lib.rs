@@ -15,6 +15,8 @@ pub mod http;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod registry;
 pub mod secret;
 pub mod server;
