@@ -39,7 +39,7 @@ pub fn client_config(uri: &PgUri, application: &str) -> tokio_postgres::Config {
         .connect_timeout(connect_timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(1))
-        .keepalives_interval(Duration::from_millis(500))
+        .keepalives_interval(Duration::from_secs(1))
         .keepalives_retries(2)
         .tcp_user_timeout(TCP_USER_TIMEOUT)
         .options(format!(
