@@ -383,3 +383,23 @@ fn tls_encrypts_with_require_and_verifies_with_verify_full() {
         Err(PgError::Config(_))
     ));
 }
+
+#[test]
+fn a_store_gone_mid_batch_leaves_no_lock_and_no_partial_write() {
+    let pg = Pg::start();
+    let uri = pg.create_db("gone");
+    let survivor = open(&uri);
+    setup_user(&survivor, UserId(1));
+    let doomed = open(&uri);
+    doomed.begin().unwrap();
+    assert_eq!(record(&doomed, UserId(1), 500).unwrap(), Some(1));
+    // Its connection closes as a SIGKILLed node's does: the kernel closes the socket.
+    drop(doomed);
+    let started = Instant::now();
+    survivor.begin().unwrap();
+    assert_eq!(record(&survivor, UserId(1), 7).unwrap(), Some(1), "the id was given back");
+    survivor.commit().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+    assert_eq!(pg.psql("gone", "SELECT total_spent FROM users WHERE id = 1"), "7");
+    assert_eq!(pg.psql("gone", "SELECT count(*) FROM notifications"), "1");
+}
