@@ -377,6 +377,21 @@ fn tls_encrypts_with_require_and_verifies_with_verify_full() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // The certificate is for 127.0.0.1, not "localhost": verify-ca forgives the name,
+    // verify-full does not.
+    let by_name = format!("postgres://postgres@localhost:{}/postgres", pg.port);
+    let root_param = format!("sslrootcert={}", root.display());
+    open(&format!("{by_name}?sslmode=verify-ca&{root_param}")).ping().unwrap();
+    match PgStore::open(
+        &PgUri::parse(&format!("{by_name}?sslmode=verify-full&{root_param}")).unwrap(),
+    )
+    .map(|_| ())
+    {
+        Err(PgError::Config(message)) => {
+            assert!(message.contains("sslmode=verify-full"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     let uri = format!("{base}?sslmode=verify-full&sslrootcert=/nonexistent/root.crt");
     assert!(matches!(
         PgStore::open(&PgUri::parse(&uri).unwrap()).map(|_| ()),
