@@ -17,6 +17,8 @@ pub mod jwt;
 pub mod key;
 pub mod logging;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod registry;
 pub mod rng;
 pub mod secret;

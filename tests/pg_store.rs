@@ -1,0 +1,420 @@
+//! The PostgreSQL store against a real, throwaway PostgreSQL (tests/pg_harness): the reads
+//! and batched writes, schema creation racing on an empty database, concurrent writers on
+//! several stores, PostgreSQL stopped and restarted, a backend that stops answering, TLS,
+//! and the password kept out of every error.
+#![cfg(feature = "postgres")]
+
+mod pg_harness;
+
+use periode_sse::domain::UserId;
+use periode_sse::pg::{Event, PgError, PgStore, PgUri};
+use periode_sse::spending::{AlertPercentage, Limit};
+use pg_harness::Pg;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const NOW: i64 = 1_761_037_745_915; // 2025-10-21
+
+fn open(uri: &str) -> PgStore {
+    PgStore::open(&PgUri::parse(uri).unwrap()).unwrap()
+}
+
+fn limit_covering_now() -> Limit {
+    let alert = AlertPercentage::new(80.0).unwrap();
+    Limit {
+        max_limit: 100_000,
+        alert,
+        periode_start_ms: NOW - 86_400_000,
+        periode_end_ms: NOW + 86_400_000,
+    }
+}
+
+/// What `writes::apply` does for a transaction: insert it, and store the status it causes.
+fn record(store: &PgStore, user: UserId, amount: i64) -> Result<Option<u64>, PgError> {
+    store.insert_transaction(user, amount, Some("t"), NOW)?.expect("known user");
+    let Some(status) = store.active_status(user, NOW)? else { return Ok(None) };
+    let mut data = String::new();
+    status.write_notification_json(user, NOW, &mut data);
+    store.insert_notification(user, &data).map(Some)
+}
+
+fn setup_user(store: &PgStore, user: UserId) {
+    store.begin().unwrap();
+    store.put_user(user, true).unwrap();
+    store.put_limit(user, &limit_covering_now()).unwrap().unwrap();
+    store.commit().unwrap();
+}
+
+#[test]
+fn reads_and_writes_mirror_the_sqlite_store() {
+    let pg = Pg::start();
+    let store = open(&pg.create_db("mirror"));
+    store.set_feed_up(true);
+    store.seed_demo(NOW).unwrap();
+    store.seed_demo(NOW + 1000).unwrap();
+    let status = store.active_status(UserId(13), NOW).unwrap().unwrap();
+    assert_eq!((status.current_spending, status.percentage_hundredths), (267_000, 13_350));
+    assert!(status.is_alert);
+    assert_eq!(store.user_active(UserId(13)).unwrap(), Some(true));
+    assert_eq!(store.user_active(UserId(14)).unwrap(), None);
+    assert_eq!(store.last_notification_id(UserId(13)).unwrap(), 0);
+
+    // The last 1000 notifications are kept, ids from 1, contiguous.
+    store.begin().unwrap();
+    store.put_user(UserId(1), true).unwrap();
+    for i in 1..=1005u64 {
+        assert_eq!(store.insert_notification(UserId(1), &format!("{{\"n\":{i}}}")).unwrap(), i);
+    }
+    store.commit().unwrap();
+    let mut ids = Vec::new();
+    store.notifications_after(UserId(1), 0, |id, _| ids.push(id)).unwrap();
+    assert_eq!((ids.len(), ids[0], ids[999]), (1000, 6, 1005));
+    let mut tail = Vec::new();
+    store
+        .notifications_after(UserId(1), 1003, |id, data| tail.push((id, data.to_string())))
+        .unwrap();
+    assert_eq!(tail, vec![(1004, "{\"n\":1004}".to_string()), (1005, "{\"n\":1005}".to_string())]);
+    assert_eq!(store.last_notification_id(UserId(1)).unwrap(), 1005);
+
+    // A rollback leaves nothing behind; refusals are the SQLite store's.
+    store.begin().unwrap();
+    assert_eq!(record(&store, UserId(13), 1_000).unwrap(), Some(1));
+    store.rollback();
+    assert_eq!(store.active_status(UserId(13), NOW).unwrap().unwrap().current_spending, 267_000);
+    assert_eq!(store.last_notification_id(UserId(13)).unwrap(), 0);
+    store.begin().unwrap();
+    use periode_sse::store::WriteRefusal;
+    assert_eq!(
+        store.insert_transaction(UserId(99), 1, None, NOW).unwrap(),
+        Err(WriteRefusal::UnknownUser)
+    );
+    assert_eq!(
+        store.put_limit(UserId(99), &limit_covering_now()).unwrap(),
+        Err(WriteRefusal::UnknownUser)
+    );
+    store.put_user(UserId(2), true).unwrap();
+    assert!(store.insert_transaction(UserId(2), i64::MAX, None, NOW).unwrap().is_ok());
+    assert_eq!(
+        store.insert_transaction(UserId(2), 1, None, NOW).unwrap(),
+        Err(WriteRefusal::TotalOverflow)
+    );
+    let tx = store.insert_transaction(UserId(13), 2_000, Some("coffee"), NOW).unwrap().unwrap();
+    assert_eq!(
+        (tx.user, tx.amount, tx.description.as_deref()),
+        (UserId(13), 2_000, Some("coffee"))
+    );
+    store.commit().unwrap();
+    assert_eq!(store.active_status(UserId(13), NOW).unwrap().unwrap().current_spending, 269_000);
+    let status = store.status_for(UserId(13), store.limit(UserId(13)).unwrap().unwrap()).unwrap();
+    assert_eq!(status.current_spending, 269_000);
+}
+
+#[test]
+fn three_stores_opening_an_empty_database_at_once_all_come_up() {
+    let pg = Pg::start();
+    let uri = pg.create_db("race");
+    let barrier = Arc::new(Barrier::new(3));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (uri, barrier) = (uri.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let uri = PgUri::parse(&uri).unwrap();
+                barrier.wait();
+                PgStore::open(&uri).map(|_| ())
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap(), Ok(()));
+    }
+    assert_eq!(pg.psql("race", "SELECT value FROM meta WHERE key = 'schema_version'"), "1");
+    let tables = pg.psql("race", "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'");
+    assert_eq!(tables, "limits,meta,notifications,transactions,users");
+}
+
+#[test]
+fn concurrent_writers_on_three_stores_keep_ids_contiguous_and_totals_exact() {
+    let pg = Pg::start();
+    let uri = pg.create_db("writers");
+    let users = [UserId(1), UserId(2), UserId(3)];
+    {
+        let store = open(&uri);
+        for user in users {
+            setup_user(&store, user);
+        }
+    }
+    const BATCHES: i64 = 30;
+    let barrier = Arc::new(Barrier::new(3));
+    let threads: Vec<_> = (0..3i64)
+        .map(|node| {
+            let (uri, barrier) = (uri.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let store = open(&uri);
+                barrier.wait();
+                let mut written = 0i64;
+                for batch in 0..BATCHES {
+                    store.begin().unwrap();
+                    // Every batch takes its users in ascending order (docs/cluster.md).
+                    for user in users.iter().filter(|u| (u.0 + batch + node) % 3 != 0) {
+                        record(&store, *user, 10 + node).unwrap().unwrap();
+                        written += 10 + node;
+                    }
+                    store.commit().unwrap();
+                }
+                written
+            })
+        })
+        .collect();
+    let written: i64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let total = pg.psql("writers", "SELECT sum(total_spent) FROM users");
+    assert_eq!(total, written.to_string());
+    let store = open(&uri);
+    for user in users {
+        let mut seen = Vec::new();
+        store
+            .notifications_after(user, 0, |id, data| {
+                let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                seen.push((id, v["currentSpending"].as_i64().unwrap()));
+            })
+            .unwrap();
+        let count: usize = pg
+            .psql(
+                "writers",
+                &format!("SELECT count(*) FROM transactions WHERE user_id = {}", user.0),
+            )
+            .parse()
+            .unwrap();
+        assert_eq!(seen.len(), count, "one notification per transaction of {user}");
+        for (i, (id, _)) in seen.iter().enumerate() {
+            assert_eq!(*id, i as u64 + 1, "ids of {user} are contiguous from 1");
+        }
+        // In id order, each status includes every earlier write: spending strictly grows.
+        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "{seen:?}");
+        let spent: i64 = pg
+            .psql("writers", &format!("SELECT total_spent FROM users WHERE id = {}", user.0))
+            .parse()
+            .unwrap();
+        assert_eq!(seen.last().unwrap().1, spent);
+        assert_eq!(store.last_notification_id(user).unwrap(), count as u64);
+    }
+}
+
+#[test]
+fn a_stopped_postgres_fails_requests_fast_and_writes_work_again_after_restart() {
+    let mut pg = Pg::start();
+    let uri = pg.create_db("restart");
+    let store = open(&uri);
+    setup_user(&store, UserId(1));
+    store.begin().unwrap();
+    assert_eq!(record(&store, UserId(1), 5).unwrap(), Some(1));
+    store.commit().unwrap();
+
+    pg.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = store.begin().and_then(|()| record(&store, UserId(1), 5)).unwrap_err();
+        store.rollback();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(2), "failed after {:?}", started.elapsed());
+        let started = Instant::now();
+        assert!(store.last_notification_id(UserId(2)).unwrap_err().is_unavailable());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    pg.run();
+    let back = Instant::now();
+    let id = loop {
+        let attempt = store.begin().and_then(|()| record(&store, UserId(1), 5)).and_then(|id| {
+            store.commit()?;
+            Ok(id)
+        });
+        match attempt {
+            Ok(id) => break id,
+            Err(e) => {
+                store.rollback();
+                assert!(back.elapsed() < Duration::from_secs(5), "still failing: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(id, Some(2));
+    assert_eq!(pg.psql("restart", "SELECT total_spent FROM users WHERE id = 1"), "10");
+}
+
+#[test]
+fn a_backend_that_stops_answering_fails_the_call_within_the_deadline() {
+    let pg = Pg::start();
+    let uri = pg.create_db("frozen");
+    let store = open(&uri);
+    setup_user(&store, UserId(1));
+    let pid: i32 = pg
+        .psql("postgres", "SELECT pid FROM pg_stat_activity WHERE application_name = 'periode-sse store' AND datname = 'frozen'")
+        .parse()
+        .unwrap();
+    // SAFETY: signals to a server process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let result = store.begin().and_then(|()| record(&store, UserId(1), 1));
+    let elapsed = started.elapsed();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    store.rollback();
+    let error = result.unwrap_err();
+    assert!(error.is_unavailable(), "{error}");
+    assert!(elapsed < Duration::from_secs(2), "failed after {elapsed:?}");
+    // The next call connects anew and works.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.user_active(UserId(1)).is_err() {
+        assert!(Instant::now() < deadline, "the store did not come back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(store.user_active(UserId(1)).unwrap(), Some(true));
+}
+
+#[test]
+fn the_view_cache_follows_the_feed_and_is_off_while_it_is_down() {
+    let pg = Pg::start();
+    let uri = pg.create_db("cache");
+    let (a, b) = (open(&uri), open(&uri));
+    setup_user(&a, UserId(1));
+    a.set_feed_up(true);
+    assert_eq!(a.user_active(UserId(1)).unwrap(), Some(true));
+    b.begin().unwrap();
+    b.put_user(UserId(1), false).unwrap();
+    b.commit().unwrap();
+    // Cached until the feed says otherwise…
+    assert_eq!(a.user_active(UserId(1)).unwrap(), Some(true));
+    a.observe(&Event::ActiveChanged { user: UserId(1), active: false });
+    assert_eq!(a.user_active(UserId(1)).unwrap(), Some(false));
+    // …and never cached while the feed is down.
+    a.set_feed_up(false);
+    b.begin().unwrap();
+    b.put_user(UserId(1), true).unwrap();
+    b.commit().unwrap();
+    assert_eq!(a.user_active(UserId(1)).unwrap(), Some(true));
+}
+
+#[test]
+fn the_password_never_appears_in_an_error() {
+    let pg = Pg::start();
+    let password = "Sup3r-s3cret-pw";
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    for uri in [
+        format!("postgres://postgres:{password}@127.0.0.1:{closed_port}/x?sslmode=disable"),
+        format!("postgres://postgres:{password}@127.0.0.1:{}/no_such_db?sslmode=disable", pg.port),
+        format!("postgres://{password}:{password}@127.0.0.1:{}/postgres?sslmode=disable", pg.port),
+        format!("postgres://postgres:{password}@127.0.0.1:{}/postgres?sslmode=require", pg.port),
+        format!("postgres://postgres:{password}@/postgres?host=/nonexistent-dir"),
+    ] {
+        let error =
+            PgStore::open(&PgUri::parse(&uri).unwrap()).map(|_| ()).unwrap_err().to_string();
+        assert!(!error.contains(password), "{error}");
+        assert!(error.contains(":***@"), "{error}");
+    }
+    // And once connected: the errors of a store whose server went away.
+    let mut pg = pg;
+    let uri =
+        format!("postgres://postgres:{password}@127.0.0.1:{}/postgres?sslmode=disable", pg.port);
+    let store = open(&uri);
+    pg.stop();
+    let error = store.user_active(UserId(1)).unwrap_err().to_string();
+    assert!(!error.contains(password), "{error}");
+}
+
+#[test]
+fn sslmode_require_refuses_a_server_without_tls() {
+    let pg = Pg::start();
+    let uri = format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=require", pg.port);
+    match PgStore::open(&PgUri::parse(&uri).unwrap()).map(|_| ()) {
+        Err(PgError::Config(message)) => {
+            assert!(
+                message.contains("sslmode=require requires an encrypted connection"),
+                "{message}"
+            );
+            assert!(message.contains("refusing to connect without TLS"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // `prefer` falls back to plain TCP, as libpq's does.
+    let uri = format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=prefer", pg.port);
+    assert!(PgStore::open(&PgUri::parse(&uri).unwrap()).is_ok());
+}
+
+#[test]
+fn tls_encrypts_with_require_and_verifies_with_verify_full() {
+    let Some(pg) = Pg::start_with_tls() else {
+        eprintln!("skipped: no openssl to make certificates with");
+        return;
+    };
+    let root = pg.data().join("root.crt");
+    let encrypted = "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                     WHERE a.application_name = 'periode-sse store' AND s.ssl";
+    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    for query in [
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-full&sslrootcert={}", root.display()),
+    ] {
+        let store = open(&format!("{base}?{query}"));
+        store.ping().unwrap();
+        assert_eq!(pg.psql("postgres", encrypted), "1", "{query}");
+        drop(store);
+        // The server notices the closed connection asynchronously.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pg.psql("postgres", encrypted) != "0" {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // A certificate not signed by the given root is refused, clearly.
+    let other_root = pg.dir.join("other.crt");
+    std::fs::copy(pg.data().join("server.crt"), &other_root).unwrap();
+    let uri = format!("{base}?sslmode=verify-ca&sslrootcert={}", other_root.display());
+    match PgStore::open(&PgUri::parse(&uri).unwrap()).map(|_| ()) {
+        Err(PgError::Config(message)) => {
+            assert!(message.contains("sslmode=verify-ca"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The certificate is for 127.0.0.1, not "localhost": verify-ca forgives the name,
+    // verify-full does not.
+    let by_name = format!("postgres://postgres@localhost:{}/postgres", pg.port);
+    let root_param = format!("sslrootcert={}", root.display());
+    open(&format!("{by_name}?sslmode=verify-ca&{root_param}")).ping().unwrap();
+    match PgStore::open(
+        &PgUri::parse(&format!("{by_name}?sslmode=verify-full&{root_param}")).unwrap(),
+    )
+    .map(|_| ())
+    {
+        Err(PgError::Config(message)) => {
+            assert!(message.contains("sslmode=verify-full"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let uri = format!("{base}?sslmode=verify-full&sslrootcert=/nonexistent/root.crt");
+    assert!(matches!(
+        PgStore::open(&PgUri::parse(&uri).unwrap()).map(|_| ()),
+        Err(PgError::Config(_))
+    ));
+}
+
+#[test]
+fn a_store_gone_mid_batch_leaves_no_lock_and_no_partial_write() {
+    let pg = Pg::start();
+    let uri = pg.create_db("gone");
+    let survivor = open(&uri);
+    setup_user(&survivor, UserId(1));
+    let doomed = open(&uri);
+    doomed.begin().unwrap();
+    assert_eq!(record(&doomed, UserId(1), 500).unwrap(), Some(1));
+    // Its connection closes as a SIGKILLed node's does: the kernel closes the socket.
+    drop(doomed);
+    let started = Instant::now();
+    survivor.begin().unwrap();
+    assert_eq!(record(&survivor, UserId(1), 7).unwrap(), Some(1), "the id was given back");
+    survivor.commit().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+    assert_eq!(pg.psql("gone", "SELECT total_spent FROM users WHERE id = 1"), "7");
+    assert_eq!(pg.psql("gone", "SELECT count(*) FROM notifications"), "1");
+}
