@@ -15,6 +15,7 @@ pub mod http;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod secret;
 pub mod server;
