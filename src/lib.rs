@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod key;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod registry;

@@ -110,5 +110,8 @@ fn serve(config: Config) -> Result<(), String> {
         max_conns,
         config.max_conns_per_user
     );
-    server.run().map_err(|e| format!("the event loop failed: {e}"))
+    periode_sse::notify::ready(&format!("listening on http://{addr}"));
+    let outcome = server.run().map_err(|e| format!("the event loop failed: {e}"));
+    periode_sse::notify::stopping("stopped");
+    outcome
 }
