@@ -42,6 +42,12 @@ fi
 step "soak (short)"
 scripts/soak.sh --seconds 20
 
+step "PostgreSQL backend (the postgres feature, a throwaway cluster)"
+scripts/pg-test.sh
+
+step "edge: systemd unit, nginx and HAProxy, aarch64 under qemu"
+scripts/edge-test.sh
+
 step "benches build, density tool at N=200"
 cargo bench --no-run --quiet
 SIZES=200 HEARTBEAT=0 WRITERS=0 RUNS=1 scripts/density.sh
