@@ -545,29 +545,6 @@ struct Table {
 
 /// The table on stderr.
 fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) {
-    let Table {
-        load_before,
-        established,
-        rate_99,
-        rss_before,
-        rss_after,
-        rss_per,
-        pss_per,
-        fan_streams,
-        fan_p50,
-        fan_p99,
-        cpu_per_hb,
-        paced_probe_p99,
-        writes_per_s,
-        writer_probe_p99,
-        failures,
-        tool_cpu_s,
-    } = t;
-    let (rate_99, rss_before, rss_after, rss_per, pss_per) =
-        (*rate_99, *rss_before, *rss_after, *rss_per, *pss_per);
-    let (fan_p50, fan_p99, cpu_per_hb) = (*fan_p50, *fan_p99, *cpu_per_hb);
-    let (paced_probe_p99, writes_per_s, writer_probe_p99) =
-        (*paced_probe_p99, *writes_per_s, *writer_probe_p99);
     let pid = args.pid;
     let fmt = |v: Option<f64>, digits: usize| {
         v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
@@ -578,12 +555,12 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
         args.target.name(),
         args.addr,
         pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-        load_before.clone().unwrap_or_default(),
+        t.load_before.clone().unwrap_or_default(),
         procfs::load_average().unwrap_or_default()
     );
     let rows: Vec<(&str, String)> = vec![
-        ("streams established", format!("{established} / {}", args.streams)),
-        ("streams/s to 99 %", fmt(rate_99, 0)),
+        ("streams established", format!("{} / {}", t.established, args.streams)),
+        ("streams/s to 99 %", fmt(t.rate_99, 0)),
         (
             "server CPU per connect (us)",
             fmt(report["connect"]["server_run_us_per_stream"].as_f64(), 0),
@@ -599,16 +576,19 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
         ),
         (
             "RSS before -> after (MiB)",
-            format!("{} -> {}", fmt(rss_before.map(mb), 1), fmt(rss_after.map(mb), 1)),
+            format!("{} -> {}", fmt(t.rss_before.map(mb), 1), fmt(t.rss_after.map(mb), 1)),
         ),
-        ("RSS growth per stream (B)", fmt(rss_per, 0)),
-        ("PSS growth per stream (B)", fmt(pss_per, 0)),
+        ("RSS growth per stream (B)", fmt(t.rss_per, 0)),
+        ("PSS growth per stream (B)", fmt(t.pss_per, 0)),
         ("idle CPU over settle (ms)", fmt(report["idle_cpu"]["cpu_ms"].as_f64(), 0)),
         (
             "fan-out streams / posts done",
-            format!("{fan_streams} / {}", report["fanout"]["completed"]),
+            format!("{} / {}", t.fan_streams, report["fanout"]["completed"]),
         ),
-        ("fan-out to last p50 / p99 (ms)", format!("{} / {}", fmt(fan_p50, 3), fmt(fan_p99, 3))),
+        (
+            "fan-out to last p50 / p99 (ms)",
+            format!("{} / {}", fmt(t.fan_p50, 3), fmt(t.fan_p99, 3)),
+        ),
         ("fan-out to last max (ms)", fmt(report["fanout"]["to_last_stream"]["max_ms"].as_f64(), 3)),
         (
             "fan-out first->last p50 / p99 (ms)",
@@ -626,7 +606,7 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
                 fmt(report["fanout"]["post_response"]["p99_ms"].as_f64(), 3)
             ),
         ),
-        ("CPU per heartbeat (us)", fmt(cpu_per_hb, 2)),
+        ("CPU per heartbeat (us)", fmt(t.cpu_per_hb, 2)),
         (
             "  user / schedstat (us)",
             format!(
@@ -639,18 +619,18 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
             "writes/s paced; probe p99 (ms)",
             format!(
                 "{}; {}",
-                fmt(report["writers_paced"]["writes_per_s"].as_f64(), 0),
-                fmt(paced_probe_p99, 3)
+                fmt(report["writers_paced"]["t.writes_per_s"].as_f64(), 0),
+                fmt(t.paced_probe_p99, 3)
             ),
         ),
-        ("writes/s (writers)", fmt(writes_per_s, 0)),
-        ("  probe fan-out p99 (ms)", fmt(writer_probe_p99, 3)),
+        ("writes/s (writers)", fmt(t.writes_per_s, 0)),
+        ("  probe fan-out p99 (ms)", fmt(t.writer_probe_p99, 3)),
         ("startup, existing db (ms)", fmt(report["startup"]["existing_db_ms"].as_f64(), 1)),
         (
             "failures",
-            format!("{failures} {}", serde_json::to_string(&tool.failures).unwrap_or_default()),
+            format!("{} {}", t.failures, serde_json::to_string(&tool.failures).unwrap_or_default()),
         ),
-        ("load generator CPU (s)", format!("{tool_cpu_s:.2}")),
+        ("load generator CPU (s)", format!("{:.2}", t.tool_cpu_s)),
     ];
     for (name, value) in rows {
         eprintln!("  {name:<36} {value}");
