@@ -109,6 +109,79 @@ fn run(mut args: Args) -> Result<bool, String> {
         .filter(|(k, _)| k.as_str() != "ended_by_server")
         .map(|(_, v)| *v)
         .sum();
+    let measured = Measured {
+        users,
+        spread,
+        load_before,
+        startup: target.startup,
+        rss_before,
+        pss_before,
+        connect,
+        settle,
+        fan,
+        beats,
+        writes,
+        live_at_end,
+        tool_cpu_s,
+        rss_at_end,
+        shutdown,
+        failures,
+    };
+    let (report, table) = report(&args, &mut tool, measured);
+    println!("{report}");
+    if !args.quiet {
+        print_table(&args, &report, &table, &tool);
+    }
+    drop(tool);
+    if let Some(dir) = target.tmpdir {
+        if args.db.is_none() && failures == 0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    Ok(failures == 0)
+}
+
+/// Everything the phases measured, for the report and the table.
+struct Measured {
+    users: u64,
+    spread: bool,
+    load_before: Option<String>,
+    startup: serde_json::Value,
+    rss_before: Option<u64>,
+    pss_before: Option<u64>,
+    connect: ConnectFigures,
+    settle: SettleFigures,
+    fan: FanoutFigures,
+    beats: HeartbeatFigures,
+    writes: WriterFigures,
+    live_at_end: usize,
+    tool_cpu_s: f64,
+    rss_at_end: Option<u64>,
+    shutdown: serde_json::Value,
+    failures: u64,
+}
+
+/// The JSON report (one object on stdout), and the figures the table adds to it.
+fn report(args: &Args, tool: &mut Tool, m: Measured) -> (serde_json::Value, Table) {
+    let Measured {
+        users,
+        spread,
+        load_before,
+        startup,
+        rss_before,
+        pss_before,
+        connect,
+        settle,
+        fan,
+        beats,
+        writes,
+        live_at_end,
+        tool_cpu_s,
+        rss_at_end,
+        shutdown,
+        failures,
+    } = m;
+    let pid = args.pid;
     let live_after_settle = settle.live;
     let per_stream = |before: Option<u64>, after: Option<u64>| -> Option<f64> {
         let (b, a) = (before?, after?);
@@ -125,7 +198,6 @@ fn run(mut args: Args) -> Result<bool, String> {
     let cpu_per_hb = beats.cpu_per_heartbeat;
     let (paced_probe_p99, writes_per_s, writer_probe_p99) =
         (writes.paced_probe_p99, writes.writes_per_s, writes.probe_p99);
-    let startup = target.startup;
     let (idle_cpu, fanout, heartbeat) = (settle.idle_cpu, fan.report, beats.report);
     let (writers, writers_paced) = (writes.closed, writes.paced);
     let connect_cpu = (connect.cpu_start, connect.cpu_end);
@@ -192,35 +264,25 @@ fn run(mut args: Args) -> Result<bool, String> {
             "max_rss_bytes": procfs::self_max_rss_bytes(),
         },
     });
-    println!("{report}");
-    if !args.quiet {
-        let table = Table {
-            load_before,
-            established,
-            rate_99,
-            rss_before,
-            rss_after,
-            rss_per,
-            pss_per,
-            fan_streams,
-            fan_p50,
-            fan_p99,
-            cpu_per_hb,
-            paced_probe_p99,
-            writes_per_s,
-            writer_probe_p99,
-            failures,
-            tool_cpu_s,
-        };
-        print_table(&args, &report, &table, &tool);
-    }
-    drop(tool);
-    if let Some(dir) = target.tmpdir {
-        if args.db.is_none() && failures == 0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    Ok(failures == 0)
+    let table = Table {
+        load_before,
+        established,
+        rate_99,
+        rss_before,
+        rss_after,
+        rss_per,
+        pss_per,
+        fan_streams,
+        fan_p50,
+        fan_p99,
+        cpu_per_hb,
+        paced_probe_p99,
+        writes_per_s,
+        writer_probe_p99,
+        failures,
+        tool_cpu_s,
+    };
+    (report, table)
 }
 
 fn check_fd_limit(args: &Args) -> Result<(), String> {
@@ -619,7 +681,7 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
             "writes/s paced; probe p99 (ms)",
             format!(
                 "{}; {}",
-                fmt(report["writers_paced"]["t.writes_per_s"].as_f64(), 0),
+                fmt(report["writers_paced"]["writes_per_s"].as_f64(), 0),
                 fmt(t.paced_probe_p99, 3)
             ),
         ),
