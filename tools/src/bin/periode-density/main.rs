@@ -163,61 +163,43 @@ struct Measured {
 
 /// The JSON report (one object on stdout), and the figures the table adds to it.
 fn report(args: &Args, tool: &mut Tool, m: Measured) -> (serde_json::Value, Table) {
-    let Measured {
-        users,
-        spread,
-        load_before,
-        startup,
-        rss_before,
-        pss_before,
-        connect,
-        settle,
-        fan,
-        beats,
-        writes,
-        live_at_end,
-        tool_cpu_s,
-        rss_at_end,
-        shutdown,
-        failures,
-    } = m;
     let pid = args.pid;
-    let live_after_settle = settle.live;
+    let live_after_settle = m.settle.live;
     let per_stream = |before: Option<u64>, after: Option<u64>| -> Option<f64> {
         let (b, a) = (before?, after?);
         (live_after_settle > 0)
             .then(|| (a as f64 - b as f64) / live_after_settle as f64)
             .map(|v| v.round())
     };
-    let (rss_after, pss_after) = (settle.rss_after, settle.pss_after);
-    let rss_per = per_stream(rss_before, rss_after);
-    let pss_per = per_stream(pss_before, pss_after);
-    let established = connect.established;
-    let rate_99 = connect.rate_99;
-    let (fan_streams, fan_p50, fan_p99) = (fan.streams, fan.p50, fan.p99);
-    let cpu_per_hb = beats.cpu_per_heartbeat;
+    let (rss_after, pss_after) = (m.settle.rss_after, m.settle.pss_after);
+    let rss_per = per_stream(m.rss_before, rss_after);
+    let pss_per = per_stream(m.pss_before, pss_after);
+    let established = m.connect.established;
+    let rate_99 = m.connect.rate_99;
+    let (fan_streams, fan_p50, fan_p99) = (m.fan.streams, m.fan.p50, m.fan.p99);
+    let cpu_per_hb = m.beats.cpu_per_heartbeat;
     let (paced_probe_p99, writes_per_s, writer_probe_p99) =
-        (writes.paced_probe_p99, writes.writes_per_s, writes.probe_p99);
-    let (idle_cpu, fanout, heartbeat) = (settle.idle_cpu, fan.report, beats.report);
-    let (writers, writers_paced) = (writes.closed, writes.paced);
-    let connect_cpu = (connect.cpu_start, connect.cpu_end);
+        (m.writes.paced_probe_p99, m.writes.writes_per_s, m.writes.probe_p99);
+    let (idle_cpu, fanout, heartbeat) = (m.settle.idle_cpu, m.fan.report, m.beats.report);
+    let (writers, writers_paced) = (m.writes.closed, m.writes.paced);
+    let connect_cpu = (m.connect.cpu_start, m.connect.cpu_end);
     let mut first_event = tool.connect.first_event.summary();
-    let (connect_secs, connect_tool_us) = (connect.secs, connect.tool_us);
+    let (connect_secs, connect_tool_us) = (m.connect.secs, m.connect.tool_us);
     let report = json!({
         "tool": "periode-density",
         "label": args.label,
         "target": args.target.name(),
         "addr": args.addr.to_string(),
         "pid": pid,
-        "load_average_before": load_before,
+        "load_average_before": m.load_before,
         "load_average_after": procfs::load_average(),
         "streams_requested": args.streams,
         "per_user": args.per_user,
-        "users": users,
-        "spread_sources": spread,
+        "users": m.users,
+        "spread_sources": m.spread,
         "window": args.window,
         "heartbeat_secs": args.heartbeat_secs,
-        "startup": startup,
+        "startup": m.startup,
         "connect": {
             "established": established,
             "secs": connect_secs,
@@ -240,10 +222,10 @@ fn report(args: &Args, tool: &mut Tool, m: Measured) -> (serde_json::Value, Tabl
         },
         "memory": {
             "live_streams": live_after_settle,
-            "rss_before_bytes": rss_before,
+            "rss_before_bytes": m.rss_before,
             "rss_after_bytes": rss_after,
-            "rss_at_end_bytes": rss_at_end,
-            "pss_before_bytes": pss_before,
+            "rss_at_end_bytes": m.rss_at_end,
+            "pss_before_bytes": m.pss_before,
             "pss_after_bytes": pss_after,
             "rss_growth_per_stream_bytes": rss_per,
             "pss_growth_per_stream_bytes": pss_per,
@@ -255,20 +237,20 @@ fn report(args: &Args, tool: &mut Tool, m: Measured) -> (serde_json::Value, Tabl
         "writers_paced": writers_paced,
         "notifications_received": tool.counts.notifications,
         "heartbeats_received": tool.counts.heartbeats,
-        "live_streams_at_end": live_at_end,
+        "live_streams_at_end": m.live_at_end,
         "failures": tool.failures,
-        "failure_count": failures,
-        "shutdown": shutdown,
+        "failure_count": m.failures,
+        "shutdown": m.shutdown,
         "load_generator": {
-            "cpu_s": tool_cpu_s,
+            "cpu_s": m.tool_cpu_s,
             "max_rss_bytes": procfs::self_max_rss_bytes(),
         },
     });
     let table = Table {
-        load_before,
+        load_before: m.load_before,
         established,
         rate_99,
-        rss_before,
+        rss_before: m.rss_before,
         rss_after,
         rss_per,
         pss_per,
@@ -279,8 +261,8 @@ fn report(args: &Args, tool: &mut Tool, m: Measured) -> (serde_json::Value, Tabl
         paced_probe_p99,
         writes_per_s,
         writer_probe_p99,
-        failures,
-        tool_cpu_s,
+        failures: m.failures,
+        tool_cpu_s: m.tool_cpu_s,
     };
     (report, table)
 }
