@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak test (SPEC §4, §5): starts a release periode-sse on loopback with a fresh database, drives
-# it with thousands of streams for a bounded time (tools/src/bin/periode-soak.rs: streams that come
+# it with thousands of streams for a bounded time (tools/src/bin/periode-soak/: streams that come
 # and go, stalled readers, churn, garbage, transactions for every user), then checks that
 # nothing was lost, nothing leaked, nothing panicked, and that SIGTERM still stops it with exit 0.
 #

@@ -502,14 +502,7 @@ fn sigterm_with_hostile_clients_exits_0_within_5_s() {
     for (what, sock) in
         [("half a request", &mut half), ("silent", &mut silent), ("idle", &mut idle)]
     {
-        match wait_closed(sock, Duration::from_secs(5)) {
-            Ok(bytes) => assert!(
-                bytes.is_empty(),
-                "{what}: closed with an answer {:?}",
-                String::from_utf8_lossy(&bytes)
-            ),
-            Err(_) => panic!("{what}: not closed at shutdown"),
-        }
+        assert_closed_with_nothing_more(sock, &format!("{what}, at shutdown"));
     }
     let code = server.wait_exit(Duration::from_secs(5).saturating_sub(signalled.elapsed()));
     assert_eq!(code, Some(0), "exit status after SIGTERM");

@@ -685,42 +685,17 @@ proptest! {
 
 // ---- SSE framing -----------------------------------------------------------------------------
 
-/// What a WHATWG (HTML §9.2.6) parser makes of a stream: (event type, data, last event id).
+/// What a WHATWG (HTML §9.2.6) parser makes of a stream: (event type, data, last event id),
+/// through the kit's SSE oracle (the one the integration tests read streams with).
 fn whatwg_events(stream: &str) -> Vec<(String, String, String)> {
-    let normalized = stream.replace("\r\n", "\n").replace('\r', "\n");
-    let mut lines: Vec<&str> = normalized.split('\n').collect();
-    lines.pop(); // an unfinished last line is dropped
-    let (mut event, mut data, mut id) = (String::new(), String::new(), String::new());
-    let mut out = Vec::new();
-    for line in lines {
-        if line.is_empty() {
-            if !data.is_empty() {
-                data.pop();
-                let name = if event.is_empty() { "message".to_string() } else { event.clone() };
-                out.push((name, data.clone(), id.clone()));
-            }
-            data.clear();
-            event.clear();
-            continue;
-        }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => event = value.to_string(),
-            "data" => {
-                data.push_str(value);
-                data.push('\n');
-            }
-            "id" if !value.contains('\0') => id = value.to_string(),
-            _ => {}
-        }
-    }
-    out
+    periode_kit::sse::parse_all(stream)
+        .into_iter()
+        .filter(|ev| ev.retry.is_none() || !ev.data.is_empty())
+        .map(|ev| {
+            let name = if ev.event.is_empty() { "message".to_string() } else { ev.event };
+            (name, ev.data, ev.id.unwrap_or_default())
+        })
+        .collect()
 }
 
 proptest! {

@@ -193,15 +193,7 @@ fn acknowledged_writes_survive_kill_9() {
     // Other kinds of acknowledged write, right before the kill: a limit, a deactivation.
     let admin = server.admin_token();
     let t23 = server.create_user(23);
-    let (start, end) = current_month();
-    let r = client.send(
-        "PUT",
-        LIMIT,
-        &admin,
-        &format!(
-            r#"{{"userId":23,"maxLimit":777,"alertPercentage":12.5,"periodeStart":"{start}","periodeEnd":"{end}"}}"#
-        ),
-    );
+    let r = client.send("PUT", LIMIT, &admin, &admin_month_limit(23, 777, "12.5"));
     assert_eq!(r.status, 200, "{}", r.body);
     let t22 = server.create_user(22);
     let r = client.send("PUT", "/api/admin/users/22", &admin, r#"{"active":false}"#);

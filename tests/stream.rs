@@ -284,14 +284,7 @@ fn transaction_reaches_every_stream_of_its_user_and_no_one_else() {
     }
     // An admin limit write for user 2: only user 2's stream sees it, and it is next there
     // (so 13's third write did not reach it either).
-    let r = server.send_json(
-        "PUT",
-        LIMIT,
-        &admin,
-        &format!(
-            r#"{{"userId":2,"maxLimit":60000,"alertPercentage":50,"periodeStart":"{start}","periodeEnd":"{end}"}}"#
-        ),
-    );
+    let r = server.send_json("PUT", LIMIT, &admin, &admin_month_limit(2, 60000, "50"));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["maxLimit"], 60_000);
     assert_eq!(r.json()["currentSpending"], 700);

@@ -611,13 +611,18 @@ pub fn assert_error_and_close(sock: &mut TcpStream, r: &Response, status: u16, w
         Some("close".to_string()),
         "{what}: the answer must say Connection: close"
     );
+    assert_closed_with_nothing_more(sock, &format!("{what} (after a {status})"));
+}
+
+/// The server closes `sock` within 5 s and sends nothing (more) before it does.
+pub fn assert_closed_with_nothing_more(sock: &mut TcpStream, what: &str) {
     match wait_closed(sock, Duration::from_secs(5)) {
         Ok(extra) => assert!(
             extra.is_empty(),
-            "{what}: bytes after the answer: {:?}",
+            "{what}: bytes before the close: {:?}",
             String::from_utf8_lossy(&extra)
         ),
-        Err(_) => panic!("{what}: the connection stayed open after a {status}"),
+        Err(_) => panic!("{what}: the connection stayed open"),
     }
 }
 
@@ -728,4 +733,12 @@ pub fn standard_alphabet_token() -> String {
 
 pub fn valid_payload(user: i64) -> String {
     format!(r#"{{"sub":"{user}","exp":{}}}"#, now_secs() + 600)
+}
+
+/// An admin's limit body for `user` over the current month.
+pub fn admin_month_limit(user: i64, max: i64, alert: &str) -> String {
+    let (start, end) = current_month();
+    format!(
+        r#"{{"userId":{user},"maxLimit":{max},"alertPercentage":{alert},"periodeStart":"{start}","periodeEnd":"{end}"}}"#
+    )
 }

@@ -109,43 +109,97 @@ fn run(mut args: Args) -> Result<bool, String> {
         .filter(|(k, _)| k.as_str() != "ended_by_server")
         .map(|(_, v)| *v)
         .sum();
-    let live_after_settle = settle.live;
+    let measured = Measured {
+        users,
+        spread,
+        load_before,
+        startup: target.startup,
+        rss_before,
+        pss_before,
+        connect,
+        settle,
+        fan,
+        beats,
+        writes,
+        live_at_end,
+        tool_cpu_s,
+        rss_at_end,
+        shutdown,
+        failures,
+    };
+    let (report, table) = report(&args, &mut tool, measured);
+    println!("{report}");
+    if !args.quiet {
+        print_table(&args, &report, &table, &tool);
+    }
+    drop(tool);
+    if let Some(dir) = target.tmpdir {
+        if args.db.is_none() && failures == 0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    Ok(failures == 0)
+}
+
+/// Everything the phases measured, for the report and the table.
+struct Measured {
+    users: u64,
+    spread: bool,
+    load_before: Option<String>,
+    startup: serde_json::Value,
+    rss_before: Option<u64>,
+    pss_before: Option<u64>,
+    connect: ConnectFigures,
+    settle: SettleFigures,
+    fan: FanoutFigures,
+    beats: HeartbeatFigures,
+    writes: WriterFigures,
+    live_at_end: usize,
+    tool_cpu_s: f64,
+    rss_at_end: Option<u64>,
+    shutdown: serde_json::Value,
+    failures: u64,
+}
+
+/// The JSON report (one object on stdout), and the figures the table adds to it.
+fn report(args: &Args, tool: &mut Tool, m: Measured) -> (serde_json::Value, Table) {
+    let pid = args.pid;
+    let live_after_settle = m.settle.live;
     let per_stream = |before: Option<u64>, after: Option<u64>| -> Option<f64> {
         let (b, a) = (before?, after?);
         (live_after_settle > 0)
             .then(|| (a as f64 - b as f64) / live_after_settle as f64)
             .map(|v| v.round())
     };
-    let (rss_after, pss_after) = (settle.rss_after, settle.pss_after);
-    let rss_per = per_stream(rss_before, rss_after);
-    let pss_per = per_stream(pss_before, pss_after);
-    let established = connect.established;
-    let rate_99 = connect.rate_99;
-    let (fan_streams, fan_p50, fan_p99) = (fan.streams, fan.p50, fan.p99);
-    let cpu_per_hb = beats.cpu_per_heartbeat;
+    let (rss_after, pss_after) = (m.settle.rss_after, m.settle.pss_after);
+    let rss_per = per_stream(m.rss_before, rss_after);
+    let pss_per = per_stream(m.pss_before, pss_after);
+    let established = m.connect.established;
+    let rate_99 = m.connect.rate_99;
+    let (fan_streams, fan_p50, fan_p99) = (m.fan.streams, m.fan.p50, m.fan.p99);
+    let cpu_per_hb = m.beats.cpu_per_heartbeat;
     let (paced_probe_p99, writes_per_s, writer_probe_p99) =
-        (writes.paced_probe_p99, writes.writes_per_s, writes.probe_p99);
-    let startup = target.startup;
-    let (idle_cpu, fanout, heartbeat) = (settle.idle_cpu, fan.report, beats.report);
-    let (writers, writers_paced) = (writes.closed, writes.paced);
-    let connect_cpu = (connect.cpu_start, connect.cpu_end);
+        (m.writes.paced_probe_p99, m.writes.writes_per_s, m.writes.probe_p99);
+    let (idle_cpu, fanout, heartbeat) = (m.settle.idle_cpu, m.fan.report, m.beats.report);
+    let (writers, writers_paced) = (m.writes.closed, m.writes.paced);
+    let connect_cpu = (m.connect.cpu_start, m.connect.cpu_end);
     let mut first_event = tool.connect.first_event.summary();
-    let (connect_secs, connect_tool_us) = (connect.secs, connect.tool_us);
+    let (connect_secs, connect_tool_us) = (m.connect.secs, m.connect.tool_us);
     let report = json!({
         "tool": "periode-density",
         "label": args.label,
         "target": args.target.name(),
         "addr": args.addr.to_string(),
         "pid": pid,
-        "load_average_before": load_before,
+        "load_average_before": m.load_before,
         "load_average_after": procfs::load_average(),
         "streams_requested": args.streams,
         "per_user": args.per_user,
-        "users": users,
-        "spread_sources": spread,
+        "users": m.users,
+        "spread_sources": m.spread,
         "window": args.window,
         "heartbeat_secs": args.heartbeat_secs,
-        "startup": startup,
+        "startup": m.startup,
         "connect": {
             "established": established,
             "secs": connect_secs,
@@ -168,10 +222,10 @@ fn run(mut args: Args) -> Result<bool, String> {
         },
         "memory": {
             "live_streams": live_after_settle,
-            "rss_before_bytes": rss_before,
+            "rss_before_bytes": m.rss_before,
             "rss_after_bytes": rss_after,
-            "rss_at_end_bytes": rss_at_end,
-            "pss_before_bytes": pss_before,
+            "rss_at_end_bytes": m.rss_at_end,
+            "pss_before_bytes": m.pss_before,
             "pss_after_bytes": pss_after,
             "rss_growth_per_stream_bytes": rss_per,
             "pss_growth_per_stream_bytes": pss_per,
@@ -183,44 +237,34 @@ fn run(mut args: Args) -> Result<bool, String> {
         "writers_paced": writers_paced,
         "notifications_received": tool.counts.notifications,
         "heartbeats_received": tool.counts.heartbeats,
-        "live_streams_at_end": live_at_end,
+        "live_streams_at_end": m.live_at_end,
         "failures": tool.failures,
-        "failure_count": failures,
-        "shutdown": shutdown,
+        "failure_count": m.failures,
+        "shutdown": m.shutdown,
         "load_generator": {
-            "cpu_s": tool_cpu_s,
+            "cpu_s": m.tool_cpu_s,
             "max_rss_bytes": procfs::self_max_rss_bytes(),
         },
     });
-    println!("{report}");
-    if !args.quiet {
-        let table = Table {
-            load_before,
-            established,
-            rate_99,
-            rss_before,
-            rss_after,
-            rss_per,
-            pss_per,
-            fan_streams,
-            fan_p50,
-            fan_p99,
-            cpu_per_hb,
-            paced_probe_p99,
-            writes_per_s,
-            writer_probe_p99,
-            failures,
-            tool_cpu_s,
-        };
-        print_table(&args, &report, &table, &tool);
-    }
-    drop(tool);
-    if let Some(dir) = target.tmpdir {
-        if args.db.is_none() && failures == 0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    Ok(failures == 0)
+    let table = Table {
+        load_before: m.load_before,
+        established,
+        rate_99,
+        rss_before: m.rss_before,
+        rss_after,
+        rss_per,
+        pss_per,
+        fan_streams,
+        fan_p50,
+        fan_p99,
+        cpu_per_hb,
+        paced_probe_p99,
+        writes_per_s,
+        writer_probe_p99,
+        failures: m.failures,
+        tool_cpu_s: m.tool_cpu_s,
+    };
+    (report, table)
 }
 
 fn check_fd_limit(args: &Args) -> Result<(), String> {
@@ -545,29 +589,6 @@ struct Table {
 
 /// The table on stderr.
 fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) {
-    let Table {
-        load_before,
-        established,
-        rate_99,
-        rss_before,
-        rss_after,
-        rss_per,
-        pss_per,
-        fan_streams,
-        fan_p50,
-        fan_p99,
-        cpu_per_hb,
-        paced_probe_p99,
-        writes_per_s,
-        writer_probe_p99,
-        failures,
-        tool_cpu_s,
-    } = t;
-    let (rate_99, rss_before, rss_after, rss_per, pss_per) =
-        (*rate_99, *rss_before, *rss_after, *rss_per, *pss_per);
-    let (fan_p50, fan_p99, cpu_per_hb) = (*fan_p50, *fan_p99, *cpu_per_hb);
-    let (paced_probe_p99, writes_per_s, writer_probe_p99) =
-        (*paced_probe_p99, *writes_per_s, *writer_probe_p99);
     let pid = args.pid;
     let fmt = |v: Option<f64>, digits: usize| {
         v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
@@ -578,12 +599,12 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
         args.target.name(),
         args.addr,
         pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-        load_before.clone().unwrap_or_default(),
+        t.load_before.clone().unwrap_or_default(),
         procfs::load_average().unwrap_or_default()
     );
     let rows: Vec<(&str, String)> = vec![
-        ("streams established", format!("{established} / {}", args.streams)),
-        ("streams/s to 99 %", fmt(rate_99, 0)),
+        ("streams established", format!("{} / {}", t.established, args.streams)),
+        ("streams/s to 99 %", fmt(t.rate_99, 0)),
         (
             "server CPU per connect (us)",
             fmt(report["connect"]["server_run_us_per_stream"].as_f64(), 0),
@@ -599,16 +620,19 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
         ),
         (
             "RSS before -> after (MiB)",
-            format!("{} -> {}", fmt(rss_before.map(mb), 1), fmt(rss_after.map(mb), 1)),
+            format!("{} -> {}", fmt(t.rss_before.map(mb), 1), fmt(t.rss_after.map(mb), 1)),
         ),
-        ("RSS growth per stream (B)", fmt(rss_per, 0)),
-        ("PSS growth per stream (B)", fmt(pss_per, 0)),
+        ("RSS growth per stream (B)", fmt(t.rss_per, 0)),
+        ("PSS growth per stream (B)", fmt(t.pss_per, 0)),
         ("idle CPU over settle (ms)", fmt(report["idle_cpu"]["cpu_ms"].as_f64(), 0)),
         (
             "fan-out streams / posts done",
-            format!("{fan_streams} / {}", report["fanout"]["completed"]),
+            format!("{} / {}", t.fan_streams, report["fanout"]["completed"]),
         ),
-        ("fan-out to last p50 / p99 (ms)", format!("{} / {}", fmt(fan_p50, 3), fmt(fan_p99, 3))),
+        (
+            "fan-out to last p50 / p99 (ms)",
+            format!("{} / {}", fmt(t.fan_p50, 3), fmt(t.fan_p99, 3)),
+        ),
         ("fan-out to last max (ms)", fmt(report["fanout"]["to_last_stream"]["max_ms"].as_f64(), 3)),
         (
             "fan-out first->last p50 / p99 (ms)",
@@ -626,7 +650,7 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
                 fmt(report["fanout"]["post_response"]["p99_ms"].as_f64(), 3)
             ),
         ),
-        ("CPU per heartbeat (us)", fmt(cpu_per_hb, 2)),
+        ("CPU per heartbeat (us)", fmt(t.cpu_per_hb, 2)),
         (
             "  user / schedstat (us)",
             format!(
@@ -640,17 +664,17 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
             format!(
                 "{}; {}",
                 fmt(report["writers_paced"]["writes_per_s"].as_f64(), 0),
-                fmt(paced_probe_p99, 3)
+                fmt(t.paced_probe_p99, 3)
             ),
         ),
-        ("writes/s (writers)", fmt(writes_per_s, 0)),
-        ("  probe fan-out p99 (ms)", fmt(writer_probe_p99, 3)),
+        ("writes/s (writers)", fmt(t.writes_per_s, 0)),
+        ("  probe fan-out p99 (ms)", fmt(t.writer_probe_p99, 3)),
         ("startup, existing db (ms)", fmt(report["startup"]["existing_db_ms"].as_f64(), 1)),
         (
             "failures",
-            format!("{failures} {}", serde_json::to_string(&tool.failures).unwrap_or_default()),
+            format!("{} {}", t.failures, serde_json::to_string(&tool.failures).unwrap_or_default()),
         ),
-        ("load generator CPU (s)", format!("{tool_cpu_s:.2}")),
+        ("load generator CPU (s)", format!("{:.2}", t.tool_cpu_s)),
     ];
     for (name, value) in rows {
         eprintln!("  {name:<36} {value}");
