@@ -275,3 +275,24 @@ fn a_postgres_restart_is_reported_down_then_up_and_caught_up() {
     );
     listener.stop();
 }
+
+#[test]
+fn a_listening_backend_that_stops_answering_is_reported_down_and_replaced() {
+    let pg = Pg::start();
+    let uri = pg.create_db("frozen");
+    let (listener, rx) = Listener::spawn(PgUri::parse(&uri).unwrap(), || {}).unwrap();
+    assert_eq!(next(&rx, Duration::from_secs(10)), Heard::Up);
+    assert_eq!(next(&rx, Duration::from_secs(1)), Heard::CatchUp);
+    let pid = listener.backend_pid().unwrap();
+    // SAFETY: signals to a server process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let frozen = Instant::now();
+    let down = next_state(&rx, Duration::from_secs(5));
+    let noticed = frozen.elapsed();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(matches!(down, Heard::Down(_)), "{down:?}");
+    assert!(noticed < Duration::from_secs(2), "noticed after {noticed:?}");
+    assert_eq!(next_state(&rx, Duration::from_secs(5)), Heard::Up);
+    assert_ne!(listener.backend_pid(), Some(pid));
+    listener.stop();
+}

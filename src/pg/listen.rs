@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 /// `application_name` of the listener's connection.
 pub const APPLICATION: &str = "periode-sse listener";
 const POLL: Duration = Duration::from_millis(200);
-const CHECK_EVERY: Duration = Duration::from_millis(500);
-const CHECK_TIMEOUT: Duration = Duration::from_millis(1000);
+const CHECK_EVERY: Duration = Duration::from_millis(400);
+const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Events held for a loop that has not drained them yet; past this the listener waits (the
@@ -215,6 +215,7 @@ impl Run {
             if heard.is_empty() {
                 if checked.elapsed() >= CHECK_EVERY {
                     if let Err(e) = client.is_valid(CHECK_TIMEOUT) {
+                        abandon(client);
                         return lost(&self.uri, &e);
                     }
                     checked = Instant::now();
@@ -248,6 +249,18 @@ fn parse(channel: &str, payload: &str) -> Heard {
     match Event::parse(payload) {
         Some(event) => Heard::Event(event),
         None => Heard::Unreadable,
+    }
+}
+
+/// Drops a connection whose server stopped answering on a thread of its own: the blocking
+/// client's drop waits for the server to close the connection, which a frozen server never
+/// does (a cut network ends it through keepalives). The listener must not wait with it.
+fn abandon(client: postgres::Client) {
+    let closing = std::thread::Builder::new().name("pg-listener-close".into());
+    if let Err(e) = closing.spawn(move || drop(client)) {
+        // The closure, and the client in it, was dropped here, unrun: this once the listener
+        // did wait (until the server answers or keepalives end the connection).
+        log::warn!("cannot close the silent listening connection in the background: {e}");
     }
 }
 
