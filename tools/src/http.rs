@@ -134,10 +134,21 @@ impl<S: Read> Responses<S> {
 
     fn fill(&mut self, wanted: &str) -> io::Result<()> {
         let mut chunk = [0u8; 16384];
-        let n = self.sock.read(&mut chunk).map_err(|e| {
-            let have = String::from_utf8_lossy(&self.buf);
-            io::Error::new(e.kind(), format!("{e} while reading {wanted}; have {have:?}"))
-        })?;
+        let n = loop {
+            match self.sock.read(&mut chunk) {
+                Ok(n) => break n,
+                // A signal handled in this process (a test's child reaped, a timer) is not
+                // the peer's doing: read again, as `read_exact` would.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let have = String::from_utf8_lossy(&self.buf);
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{e} while reading {wanted}; have {have:?}"),
+                    ));
+                }
+            }
+        };
         if n == 0 {
             let have = String::from_utf8_lossy(&self.buf);
             return Err(io::Error::new(
