@@ -18,8 +18,10 @@ pub mod http;
 pub mod procfs;
 pub mod setup;
 pub mod sock;
-pub mod sse;
 pub mod token;
 pub mod wire;
 
 pub use periode_sse::rng;
+/// The SSE oracle lives in the server library, so that its unit tests check the encoder with
+/// the same parser the integration tests and the tools use.
+pub use periode_sse::sse::oracle as sse;

@@ -4,6 +4,11 @@
 //! bytes are written to every stream that should see it, so everything here appends to a
 //! caller's buffer instead of allocating. Field values must never smuggle a line break into
 //! the stream: event names and ids lose CR/LF, and data is split into one `data:` line per line.
+//!
+//! `oracle` is the other side: a parser that dispatches events as a browser does, used only
+//! by tests and tools to check these bytes.
+
+pub mod oracle;
 
 /// Appends one event: `id:` (if any), `event:` (if not empty), one `data:` line per line of
 /// `data`, and the blank line that dispatches it.
@@ -106,59 +111,6 @@ fn push_u64(out: &mut Vec<u8>, value: u64) {
 mod tests {
     use super::*;
 
-    /// A parser that follows WHATWG HTML §9.2.6, to check what a browser would see.
-    #[derive(Debug, PartialEq)]
-    struct Parsed {
-        event: String,
-        data: String,
-        last_id: String,
-    }
-
-    fn parse(stream: &str) -> Vec<Parsed> {
-        let mut events = Vec::new();
-        let (mut event, mut data, mut last_id) = (String::new(), String::new(), String::new());
-        let normalized = stream.replace("\r\n", "\n").replace('\r', "\n");
-        let mut lines: Vec<&str> = normalized.split('\n').collect();
-        // The text after the last line break is an unfinished line: it is dropped.
-        lines.pop();
-        for line in lines {
-            if line.is_empty() {
-                if !data.is_empty() {
-                    data.pop(); // the last line's LF
-                    let name = if event.is_empty() { "message".to_string() } else { event.clone() };
-                    events.push(Parsed {
-                        event: name,
-                        data: data.clone(),
-                        last_id: last_id.clone(),
-                    });
-                }
-                data.clear();
-                event.clear();
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.find(':') {
-                Some(at) => {
-                    let v = &line[at + 1..];
-                    (&line[..at], v.strip_prefix(' ').unwrap_or(v))
-                }
-                None => (line, ""),
-            };
-            match field {
-                "event" => event = value.to_string(),
-                "data" => {
-                    data.push_str(value);
-                    data.push('\n');
-                }
-                "id" if !value.contains('\0') => last_id = value.to_string(),
-                _ => {}
-            }
-        }
-        events
-    }
-
     fn encoded(id: Option<u64>, event: &str, data: &str) -> String {
         let mut out = Vec::new();
         encode_event(&mut out, id, event, data);
@@ -189,38 +141,24 @@ mod tests {
         let cases = ["plain", "two\nlines", "crlf\r\nline", "", " leading space", "trail\n"];
         for data in cases {
             let text = encoded(Some(7), "notification", data);
-            let got = parse(&text);
-            let want_data = data.replace("\r\n", "\n");
-            assert_eq!(
-                got,
-                vec![Parsed { event: "notification".into(), data: want_data, last_id: "7".into() }],
-                "data {data:?}"
-            );
+            let got = oracle::parse_all(&text);
+            let want = oracle::Event {
+                id: Some("7".into()),
+                event: "notification".into(),
+                data: data.replace("\r\n", "\n"),
+                retry: None,
+            };
+            assert_eq!(got, vec![want], "data {data:?}");
         }
     }
 
     #[test]
     fn line_breaks_cannot_inject_fields() {
         let text = encoded(None, "evil\r\nid: 99\n\ndata: x", "ok");
-        let got = parse(&text);
+        let got = oracle::parse_all(&text);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].event, "evilid: 99data: x");
-        assert_eq!(got[0].last_id, "");
-    }
-
-    #[test]
-    fn reference_parser_matches_whatwg_examples() {
-        let a = parse("data:test\n\n");
-        let b = parse("data: test\n\n");
-        assert_eq!(a, b);
-        let two = parse("data\n\ndata\ndata\n\ndata:");
-        let data: Vec<&str> = two.iter().map(|p| p.data.as_str()).collect();
-        assert_eq!(data, vec!["", "\n"]);
-        let three =
-            parse(": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n");
-        let got: Vec<(&str, &str)> =
-            three.iter().map(|p| (p.data.as_str(), p.last_id.as_str())).collect();
-        assert_eq!(got, vec![("first event", "1"), ("second event", ""), (" third event", "")]);
+        assert_eq!(got[0].id, None);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! `id` only when it holds no NUL), fed bytes as they arrive. It also returns `retry:`-only
 //! blocks, which a browser applies silently, because the tests assert them.
 //!
-//! Unlike `wire::SseScan` it keeps whole events: it is for checking, not for 19 000 streams.
+//! It lives beside the encoder so that the encoder's unit tests, the integration tests (through
+//! `periode_kit::sse`) and the tools check against one parser. The server never calls it.
+//! Unlike the kit's `wire::SseScan` it keeps whole events: it is for checking, not for 19 000
+//! streams.
 
 /// One SSE block as a browser would see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
