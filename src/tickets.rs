@@ -220,6 +220,20 @@ impl Tickets {
         Ok(entry.claims)
     }
 
+    /// What `redeem` would answer now, without using the ticket up: for a request whose
+    /// head is checked before its body has come (the request itself redeems it later).
+    pub fn check(&self, ticket: &[u8], now_ms: i64) -> Result<Claims, Refusal> {
+        let secret = parse(ticket).ok_or(Refusal::Unknown)?;
+        let entry = self.by_secret.get(&secret).ok_or(Refusal::Unknown)?;
+        if now_ms >= entry.expires_at_ms {
+            return Err(Refusal::Expired);
+        }
+        if entry.used {
+            return Err(Refusal::Used);
+        }
+        Ok(entry.claims)
+    }
+
     /// Drops every ticket whose 30 s have passed, oldest first; bounded by what it removes.
     pub fn sweep(&mut self, now_ms: i64) {
         while let Some(&(secret, expires_at_ms)) = self.order.front() {
@@ -383,6 +397,19 @@ mod tests {
         tickets.sweep(NOW + 2 * TICKET_TTL_MS);
         assert_eq!(tickets.outstanding(), 0);
         assert!(tickets.per_user.is_empty() && tickets.order.is_empty());
+    }
+
+    #[test]
+    fn check_answers_as_redeem_would_without_using_the_ticket() {
+        let mut tickets = Tickets::default();
+        let a = tickets.mint_from(ALICE, seeded(1), NOW).expect("room");
+        let a = a.as_str().as_bytes();
+        assert_eq!(tickets.check(a, NOW), Ok(ALICE));
+        assert_eq!(tickets.check(a, NOW + 1), Ok(ALICE), "checking twice uses nothing up");
+        assert_eq!(tickets.check(b"AAAAAAAAAAAAAAAAAAAAAA", NOW), Err(Refusal::Unknown));
+        assert_eq!(tickets.check(a, NOW + TICKET_TTL_MS), Err(Refusal::Expired));
+        assert_eq!(tickets.redeem(a, NOW + 2), Ok(ALICE));
+        assert_eq!(tickets.check(a, NOW + 3), Err(Refusal::Used));
     }
 
     #[test]
