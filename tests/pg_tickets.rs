@@ -134,7 +134,8 @@ fn an_expired_ticket_is_refused_and_swept() {
     // Alice's ticket's 30 s are over (moved, not waited for).
     pg.psql(
         "expiry",
-        "UPDATE stream_tickets SET expires_at = now() - interval '1 millisecond' WHERE user_id = 13",
+        "UPDATE stream_tickets SET expires_at = now() - interval '1 millisecond' \
+         WHERE user_id = 13",
     );
     assert_eq!(node.redeem(&old), Err(Refusal::Unknown), "expired");
     assert_eq!(rows(&pg, "expiry"), 2, "an expired ticket is not deleted by a refused redeem");
