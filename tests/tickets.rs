@@ -71,6 +71,9 @@ fn a_ticket_is_minted_201_no_store_with_30_seconds() {
     // A body is not needed and, when sent, not read.
     let r = server.send_json("POST", TICKET, &token, r#"{"anything":1}"#);
     assert_eq!(r.status, 201, "{}", r.body);
+    // Counted under its own route label.
+    let m = fetch_metrics(&server, &server.admin_token());
+    assert_eq!(metric(&m, r#"periode_sse_http_requests_total{route="ticket",status="201"}"#), 7.0);
 }
 
 #[test]
