@@ -368,8 +368,11 @@ fn mint_ticket(claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Response, Response>
     use crate::tickets::MintError;
     let minted = ctx.tickets.borrow_mut().mint(claims, ctx.now_ms).map_err(|e| match e {
         MintError::UserFull => Response::error(429, "too_many_tickets", &e.to_string()),
-        MintError::Full | MintError::NoRandomness => {
-            log::warn!("stream ticket refused: {e}");
+        // A policy limit, counted in /metrics (route "ticket", 503); not logged per request,
+        // or a flood of minting would flood the log too.
+        MintError::Full => Response::error(503, "tickets_unavailable", &e.to_string()),
+        MintError::NoRandomness => {
+            log::error!("stream ticket refused: {e}");
             Response::error(503, "tickets_unavailable", &e.to_string())
         }
     })?;
