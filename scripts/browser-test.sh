@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The live page (/) and README.md's snippet in headless Chromium: see
-# clients/browser/test.mjs for the scenario. Installs what is missing: Debian's chromium and
-# chromium-driver (apt), playwright-core (pinned, npm ci). Screenshots: target/browser/*.png
-# (kept as CI artifacts); UPDATE_SCREENSHOT=1 also refreshes docs/screenshot.png.
+# clients/browser/test.mjs for the scenario (the servers run with --access-log: tickets.mjs
+# reads it to show the module opened its streams with tickets). Installs what is missing:
+# Debian's chromium and chromium-driver (apt), playwright-core (pinned, npm ci). Screenshots:
+# target/browser/*.png (kept as CI artifacts); UPDATE_SCREENSHOT=1 also refreshes
+# docs/screenshot.png.
 # Exits non-zero on failure. Network: 127.0.0.1 only, apart from the package installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 pub const STREAM_PATH: &str = "/api/periode-limit/notifications/stream";
 const HEALTH_PATH: &str = "/api/periode-limit/notifications/health";
 const STATUS_PATH: &str = "/api/periode-limit/notifications/status";
+const TICKET_PATH: &str = "/api/periode-limit/notifications/ticket";
 const TRANSACTIONS_PATH: &str = "/api/periode-limit/transactions";
 const LIMIT_PATH: &str = "/api/periode-limit";
 const ADMIN_USERS_PREFIX: &str = "/api/admin/users/";
@@ -39,6 +40,7 @@ pub enum Route {
     Health,
     Status,
     Stream,
+    Ticket,
     Transactions,
     Limit,
     AdminUser,
@@ -54,6 +56,7 @@ impl Route {
             HEALTH_PATH => Route::Health,
             STATUS_PATH => Route::Status,
             STREAM_PATH => Route::Stream,
+            TICKET_PATH => Route::Ticket,
             TRANSACTIONS_PATH => Route::Transactions,
             LIMIT_PATH => Route::Limit,
             METRICS_PATH => Route::Metrics,
@@ -74,6 +77,7 @@ impl Route {
             Route::Health => "health",
             Route::Status => "status",
             Route::Stream => "stream",
+            Route::Ticket => "ticket",
             Route::Transactions => "transactions",
             Route::Limit => "limit",
             Route::AdminUser => "admin_user",
@@ -93,7 +97,7 @@ impl Route {
             | Route::Page
             | Route::Script
             | Route::Unknown => (Method::Get, "GET, HEAD, OPTIONS"),
-            Route::Transactions => (Method::Post, "POST, OPTIONS"),
+            Route::Transactions | Route::Ticket => (Method::Post, "POST, OPTIONS"),
             Route::Limit | Route::AdminUser => (Method::Put, "PUT, OPTIONS"),
         }
     }
@@ -179,7 +183,9 @@ pub struct Ctx<'a> {
     pub store: &'a Store,
     pub registry: &'a Registry<crate::key::ConnKey>,
     pub config: &'a Config,
-    pub secret: &'a crate::jwt::Key,
+    pub secret: &'a crate::jwt::Keys,
+    /// The outstanding stream tickets: minted by `Route::Ticket`, redeemed by `?ticket=`.
+    pub tickets: &'a std::cell::RefCell<crate::tickets::Tickets>,
     pub now_ms: i64,
     /// `/metrics` text, rendered by the server only when that route asks for it.
     pub render_metrics: &'a dyn Fn() -> String,
@@ -219,11 +225,12 @@ fn handle_inner(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<Outcome, Response> {
         response.cache_control = Some(SCRIPT_CACHE_CONTROL);
         return Ok(Outcome::Respond(response));
     }
-    let claims = handle_inner_checks(req, ctx, route)?;
+    let claims = handle_inner_checks(req, ctx, route, Ticket::Redeem)?;
     match route {
         Route::Health => Ok(Outcome::Respond(health(claims.user, ctx))),
         Route::Status => status(claims.user, ctx).map(Outcome::Respond),
         Route::Stream => stream(req, claims, ctx),
+        Route::Ticket => mint_ticket(claims, ctx).map(Outcome::Respond),
         Route::Transactions => transaction(req.body, claims, ctx).map(Outcome::Write),
         Route::Limit => limit(req.body, claims).map(Outcome::Write),
         Route::AdminUser => admin_user(req.path, req.body, claims).map(Outcome::Write),
@@ -251,7 +258,7 @@ pub fn refuse_from_head(req: &Request<'_>, ctx: &Ctx<'_>) -> Option<Response> {
     if route == Route::Page {
         return None;
     }
-    handle_inner_checks(req, ctx, route).err()
+    handle_inner_checks(req, ctx, route, Ticket::Check).err()
 }
 
 /// Routing, method and authentication: everything but the body.
@@ -259,6 +266,7 @@ fn handle_inner_checks(
     req: &Request<'_>,
     ctx: &Ctx<'_>,
     route: Route,
+    ticket: Ticket,
 ) -> Result<jwt::Claims, Response> {
     if route == Route::Unknown {
         return Err(Response::error(404, "not_found", "no such endpoint"));
@@ -271,7 +279,7 @@ fn handle_inner_checks(
         response.allow = Some(allow);
         return Err(response);
     }
-    authenticate(req, ctx)
+    authenticate(req, ctx, ticket)
 }
 
 /// Where the token came from: the header, or (for browsers) the query string.
@@ -285,20 +293,52 @@ pub fn bearer_token(req: &Request<'_>) -> Option<Vec<u8>> {
     http::query_param(req.query, "access_token").filter(|t| !t.is_empty())
 }
 
-fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<jwt::Claims, Response> {
-    let Some(token) = bearer_token(req) else {
-        let mut response =
-            Response::error(401, "missing_token", "send Authorization: Bearer <token>");
-        response.www_authenticate = Some("Bearer");
-        return Err(response);
-    };
-    let claims =
-        jwt::verify_with(&token, ctx.secret, ctx.now_ms.div_euclid(1000)).map_err(|e| {
+/// What a `?ticket=` on the stream route does to the ticket: `handle` redeems it (single
+/// use); `refuse_from_head`, which only asks whether the head alone settles the answer, looks
+/// at it without using it up, so the request it lets through can still redeem it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ticket {
+    Redeem,
+    Check,
+}
+
+const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+
+/// The claims a request may act with. The `Authorization` header wins; on the stream route
+/// a `?ticket=` comes next (SPEC §8), then `access_token`. A ticket gives back the claims of
+/// the token it was minted with, so it is checked as that token would be (the user active).
+fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>, ticket: Ticket) -> Result<jwt::Claims, Response> {
+    let stream_ticket = (req.authorization.is_none() && Route::of(req.path) == Route::Stream)
+        .then(|| http::query_param(req.query, "ticket"))
+        .flatten()
+        .filter(|t| !t.is_empty());
+    let claims = if let Some(text) = stream_ticket {
+        let found = match ticket {
+            Ticket::Redeem => ctx.tickets.borrow_mut().redeem(&text, ctx.now_ms),
+            Ticket::Check => ctx.tickets.borrow().check(&text, ctx.now_ms),
+        };
+        found.map_err(|e| {
+            let mut response =
+                Response::error(401, "invalid_token", &format!("invalid ticket: {e}"));
+            response.www_authenticate = Some(INVALID_TOKEN);
+            // The ticket sat in the URL: nothing may keep this answer either.
+            response.cache_control = Some("no-store");
+            response
+        })?
+    } else {
+        let Some(token) = bearer_token(req) else {
+            let mut response =
+                Response::error(401, "missing_token", "send Authorization: Bearer <token>");
+            response.www_authenticate = Some("Bearer");
+            return Err(response);
+        };
+        jwt::verify_with_keys(&token, ctx.secret, ctx.now_ms.div_euclid(1000)).map_err(|e| {
             let mut response =
                 Response::error(401, "invalid_token", &format!("invalid token: {e}"));
-            response.www_authenticate = Some("Bearer error=\"invalid_token\"");
+            response.www_authenticate = Some(INVALID_TOKEN);
             response
-        })?;
+        })?
+    };
     if claims.role == Role::User {
         match ctx.store.user_active(claims.user) {
             Ok(Some(true)) => {}
@@ -320,6 +360,25 @@ fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>) -> Result<jwt::Claims, Respons
         }
     }
     Ok(claims)
+}
+
+/// `POST …/notifications/ticket`: a single-use, 30-second ticket for the caller's claims
+/// (SPEC §8). Any body is ignored. The answer holds a credential: `no-store`.
+fn mint_ticket(claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Response, Response> {
+    use crate::tickets::MintError;
+    let minted = ctx.tickets.borrow_mut().mint(claims, ctx.now_ms).map_err(|e| match e {
+        MintError::UserFull => Response::error(429, "too_many_tickets", &e.to_string()),
+        // A policy limit, counted in /metrics (route "ticket", 503); not logged per request,
+        // or a flood of minting would flood the log too.
+        MintError::Full => Response::error(503, "tickets_unavailable", &e.to_string()),
+        MintError::NoRandomness => {
+            log::error!("stream ticket refused: {e}");
+            Response::error(503, "tickets_unavailable", &e.to_string())
+        }
+    })?;
+    let mut response = Response::json(201, minted.answer_json());
+    response.cache_control = Some("no-store");
+    Ok(response)
 }
 
 fn require_admin(claims: jwt::Claims) -> Result<(), Response> {
@@ -569,6 +628,7 @@ mod tests {
             ("/api/admin/users/13", Route::AdminUser),
             ("/api/admin/users/x", Route::AdminUser),
             ("/api/admin/users/13/x", Route::Unknown),
+            ("/api/periode-limit/notifications/ticket", Route::Ticket),
             ("/metrics", Route::Metrics),
             ("/periode-sse.js", Route::Script),
             ("/api/periode-limit/", Route::Unknown),

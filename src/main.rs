@@ -81,6 +81,9 @@ fn backup(args: &BackupArgs) -> Result<(), String> {
 fn serve(config: Config) -> Result<(), String> {
     periode_sse::logging::init(config.log_filter.clone())
         .map_err(|e| format!("cannot start logging: {e}"))?;
+    // Checked first: a bad previous key stops the start before anything is opened or made.
+    let previous = secret::resolve_previous(std::env::var("JWT_SECRET_PREVIOUS").ok())
+        .map_err(|e| e.to_string())?;
     let open_files = usize::try_from(server::raise_open_files_limit()).unwrap_or(usize::MAX);
     // Descriptors beyond connections: listener, epoll, signal pipe, SQLite (db, WAL, shm), spare.
     let max_conns = config.max_conns.unwrap_or_else(|| open_files.saturating_sub(32).max(1));
@@ -88,9 +91,13 @@ fn serve(config: Config) -> Result<(), String> {
     let secret =
         secret::resolve(&config.db, std::env::var("JWT_SECRET").ok(), secret::Missing::Create)
             .map_err(|e| e.to_string())?;
+    let keys = jwt::Keys::new(&secret, previous.as_deref());
+    if keys.rotating() {
+        log::info!("key rotation: tokens signed with JWT_SECRET_PREVIOUS are still accepted");
+    }
     let listen = config.listen;
     let demo = config.demo;
-    let mut server = server::Server::new(config.clone(), store, secret, max_conns)
+    let mut server = server::Server::new(config.clone(), store, keys, max_conns)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     if demo {
         let now_ms = std::time::SystemTime::now()

@@ -7,6 +7,9 @@
 //! Only `serve` may create the file (`Missing::Create`); `token` never does (`Missing::Refuse`):
 //! a key made by `token` in the wrong directory would sign tokens the server refuses. A file
 //! that group or others may read is refused, with the `chmod` that fixes it.
+//!
+//! `JWT_SECRET_PREVIOUS` (key rotation) is read here too, under the same length rule; it is
+//! never written to a file and never used to sign.
 
 use base64::Engine as _;
 use std::fmt;
@@ -68,6 +71,23 @@ pub fn resolve(
             path.display()
         ))),
         Err(e) => Err(e),
+    }
+}
+
+/// `JWT_SECRET_PREVIOUS` (SPEC §8): the key being rotated out, accepted for verification
+/// only. Unset outside a rotation; when set it obeys `JWT_SECRET`'s rule (at least 32 bytes),
+/// so a key cut short in a deployment file stops the start instead of silently refusing
+/// every token it signed.
+pub fn resolve_previous(env_previous: Option<String>) -> Result<Option<Vec<u8>>, SecretError> {
+    match env_previous {
+        None => Ok(None),
+        Some(previous) if previous.len() < MIN_SECRET_BYTES => Err(SecretError(format!(
+            "JWT_SECRET_PREVIOUS is {} bytes long; HS256 needs at least {MIN_SECRET_BYTES} \
+             (RFC 7518 §3.2). Set it to the whole previous key, or unset it once no token \
+             signed with that key is still in use",
+            previous.len()
+        ))),
+        Some(previous) => Ok(Some(previous.into_bytes())),
     }
 }
 
@@ -171,6 +191,19 @@ mod tests {
         assert_eq!(resolve(db, Some(long.clone()), Missing::Refuse).unwrap(), long.into_bytes());
         let err = resolve(db, Some("short".into()), Missing::Create).unwrap_err().to_string();
         assert!(err.contains("JWT_SECRET is 5 bytes long"), "{err}");
+    }
+
+    #[test]
+    fn the_previous_key_follows_the_same_rule() {
+        assert_eq!(resolve_previous(None).unwrap(), None);
+        let long = "p".repeat(32);
+        assert_eq!(resolve_previous(Some(long.clone())).unwrap(), Some(long.into_bytes()));
+        for short in ["", "x", &"p".repeat(31)] {
+            let err = resolve_previous(Some(short.to_string())).unwrap_err().to_string();
+            let want = format!("JWT_SECRET_PREVIOUS is {} bytes long", short.len());
+            assert!(err.contains(&want) && err.contains("at least 32"), "{err}");
+            assert!(short.is_empty() || !err.contains(short), "the key is not echoed: {err}");
+        }
     }
 
     #[test]

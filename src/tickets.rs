@@ -15,6 +15,10 @@
 //! expired ones are swept on every mint and redemption, oldest first. A used ticket is kept
 //! until it would have expired, so that a second use is told apart from a made-up ticket
 //! (both are answered `401 invalid_token`; the difference is for logs and metrics).
+//!
+//! In cluster mode the tickets live in PostgreSQL instead (`pg/tickets.rs`), so that any node
+//! redeems a ticket any node minted; `draw_shared` and `shared_key` are the pieces it shares
+//! with this file: the same random bits and text, and the hash the shared table keys them by.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -220,6 +224,20 @@ impl Tickets {
         Ok(entry.claims)
     }
 
+    /// What `redeem` would answer now, without using the ticket up: for a request whose
+    /// head is checked before its body has come (the request itself redeems it later).
+    pub fn check(&self, ticket: &[u8], now_ms: i64) -> Result<Claims, Refusal> {
+        let secret = parse(ticket).ok_or(Refusal::Unknown)?;
+        let entry = self.by_secret.get(&secret).ok_or(Refusal::Unknown)?;
+        if now_ms >= entry.expires_at_ms {
+            return Err(Refusal::Expired);
+        }
+        if entry.used {
+            return Err(Refusal::Used);
+        }
+        Ok(entry.claims)
+    }
+
     /// Drops every ticket whose 30 s have passed, oldest first; bounded by what it removes.
     pub fn sweep(&mut self, now_ms: i64) {
         while let Some(&(secret, expires_at_ms)) = self.order.front() {
@@ -238,6 +256,25 @@ impl Tickets {
             }
         }
     }
+}
+
+/// A ticket for a store that several nodes share (cluster mode, `pg/tickets.rs`): the text
+/// for the client, and the SHA-256 of its bits, which is all the shared store keeps (a dump
+/// of the table holds no usable ticket). `None` when the kernel gave no random bytes.
+pub fn draw_shared() -> Option<(Minted, [u8; 32])> {
+    let secret = fresh_secret()?;
+    Some((Minted { text: URL_SAFE_NO_PAD.encode(secret.0) }, shared_key_of(secret)))
+}
+
+/// The key a shared store finds a presented `?ticket=` by; `None` when it is not even the
+/// shape of a ticket (then it is unknown without asking the store).
+pub fn shared_key(ticket: &[u8]) -> Option<[u8; 32]> {
+    parse(ticket).map(shared_key_of)
+}
+
+fn shared_key_of(secret: Secret) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret.0).into()
 }
 
 /// The `?ticket=` text back to its bits: exactly 22 canonical base64url characters.
@@ -383,6 +420,39 @@ mod tests {
         tickets.sweep(NOW + 2 * TICKET_TTL_MS);
         assert_eq!(tickets.outstanding(), 0);
         assert!(tickets.per_user.is_empty() && tickets.order.is_empty());
+    }
+
+    #[test]
+    fn check_answers_as_redeem_would_without_using_the_ticket() {
+        let mut tickets = Tickets::default();
+        let a = tickets.mint_from(ALICE, seeded(1), NOW).expect("room");
+        let a = a.as_str().as_bytes();
+        assert_eq!(tickets.check(a, NOW), Ok(ALICE));
+        assert_eq!(tickets.check(a, NOW + 1), Ok(ALICE), "checking twice uses nothing up");
+        assert_eq!(tickets.check(b"AAAAAAAAAAAAAAAAAAAAAA", NOW), Err(Refusal::Unknown));
+        assert_eq!(tickets.check(a, NOW + TICKET_TTL_MS), Err(Refusal::Expired));
+        assert_eq!(tickets.redeem(a, NOW + 2), Ok(ALICE));
+        assert_eq!(tickets.check(a, NOW + 3), Err(Refusal::Used));
+    }
+
+    #[test]
+    fn shared_tickets_are_keyed_by_a_hash_of_their_bits() {
+        let (minted, key) = draw_shared().expect("kernel randomness");
+        assert_eq!(minted.as_str().len(), ENCODED_LEN);
+        assert_eq!(shared_key(minted.as_str().as_bytes()), Some(key));
+        let bits = URL_SAFE_NO_PAD.decode(minted.as_str()).expect("base64url");
+        assert_ne!(&key[..bits.len()], &bits[..], "the key is not the ticket");
+        // SHA-256 of sixteen zero bytes.
+        assert_eq!(
+            shared_key(b"AAAAAAAAAAAAAAAAAAAAAA").map(|k| k[..4].to_vec()),
+            Some(vec![0x37, 0x47, 0x08, 0xff])
+        );
+        for bad in [&b""[..], b"short", b"+AAAAAAAAAAAAAAAAAAAAA", b"AAAAAAAAAAAAAAAAAAAAAAA"] {
+            assert_eq!(shared_key(bad), None, "{bad:?}");
+        }
+        let (other, other_key) = draw_shared().expect("kernel randomness");
+        assert_ne!(other.as_str(), minted.as_str());
+        assert_ne!(other_key, key);
     }
 
     #[test]

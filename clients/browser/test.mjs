@@ -15,6 +15,9 @@
 // 5. The browser module in many tabs (tabs.mjs): eight tabs share one stream, the leader tab
 //    closes mid-burst and another takes over; without BroadcastChannel one stream per tab;
 //    README's module snippet renews 4-second tokens with no gap.
+// 6. Tickets (tickets.mjs): every stream the module opened (live page and tabs) carried a
+//    fresh single-use ticket and no token, as the browser's own requests and the server's
+//    access log (--access-log) both show; no ticket and no token reached the server log.
 // Screenshots go to target/browser/ (CI artifact); UPDATE_SCREENSHOT=1 also copies the live
 // page's to docs/screenshot.png.
 import { chromium } from 'playwright-core';
@@ -29,6 +32,7 @@ import {
 import {
   moduleServed, sharedStream, fallbackStreams, tokenRenewal, measureTabs,
 } from './tabs.mjs';
+import { watchStreams, checkTicketUrls, checkTicketStreams } from './tickets.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const RETRY_MS = 2000; // long enough that the POST after the restart lands before the page is back
@@ -77,7 +81,7 @@ async function livePage(browser, server, db, tok, args) {
       `event id continues: ${k}, ${k + 1}, ${k + 2} (replayed once, no snapshot)`);
     await page.waitForTimeout(1200); // a heartbeat on the new stream, for the screenshot
     check(pageErrors.length === 0, `no script errors on the page ${pageErrors.join('; ')}`);
-    check(!(firstLog + server.log()).includes(tok), 'the query token is not in the server log');
+    check(!(firstLog + server.log()).includes(tok), 'the token is not in the server log');
 
     const shot = join(OUT, 'live-page.png');
     await page.screenshot({ path: shot, fullPage: true });
@@ -166,7 +170,7 @@ async function main() {
   mkdirSync(OUT, { recursive: true });
   const db = join(tempDir('browser'), 'page.db');
   const statics = await serveStatic();
-  const args = ['--retry-ms', String(RETRY_MS),
+  const args = ['--retry-ms', String(RETRY_MS), '--access-log',
     '--cors-origin', `http://127.0.0.1:${statics.port}`];
   let server = await startServer({ db, args });
   const tok = token(db);
@@ -178,13 +182,18 @@ async function main() {
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
+  const streams = watchStreams(browser);
   try {
     await moduleServed(server);
     server = await livePage(browser, server, db, tok, args);
+    checkTicketUrls('the live page', streams.take());
     server = await snippetPage(browser, server, db, tok, statics, args);
+    streams.take(); // README's plain EventSource snippet: access_token, by design
+    const logFrom = server.log().length;
     let lastId = await sharedStream(browser, server, tok);
     lastId = await fallbackStreams(browser, server, tok, lastId);
     lastId = await tokenRenewal(browser, server, db, statics, lastId);
+    checkTicketStreams('the module in tabs', streams.take(), server, logFrom);
     if (process.env.MEASURE) await measureTabs(browser, server, tok);
   } finally {
     await browser.close();

@@ -14,6 +14,7 @@
 //! - `payload`: NOTIFY payloads (pure)
 //! - `listen`: the listener thread
 //! - `gaps`: which ids to push and when to catch up (pure)
+//! - `tickets`: stream tickets in a table every node shares
 
 pub mod connect;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod listen;
 pub mod payload;
 pub mod schema;
 pub mod store;
+pub mod tickets;
 pub mod tls;
 pub mod uri;
 

@@ -32,7 +32,9 @@ pub(super) struct Ctx {
     pub(super) store: Store,
     pub(super) metrics: Metrics,
     pub(super) config: Config,
-    pub(super) secret: crate::jwt::Key,
+    pub(super) secret: crate::jwt::Keys,
+    /// Stream tickets (SPEC §8); a `RefCell` because handlers see the context read-only.
+    pub(super) tickets: std::cell::RefCell<crate::tickets::Tickets>,
     pub(super) max_conns: usize,
     /// Open connections (the slab's length), kept here for `/metrics`.
     pub(super) conns_open: usize,
@@ -69,7 +71,7 @@ impl Ctx {
     pub(super) fn new(
         config: Config,
         store: Store,
-        secret: &[u8],
+        secret: crate::jwt::Keys,
         max_conns: usize,
         read_chunk: usize,
     ) -> Ctx {
@@ -79,7 +81,8 @@ impl Ctx {
             store,
             metrics: Metrics::default(),
             config,
-            secret: crate::jwt::Key::new(secret),
+            secret,
+            tickets: Default::default(),
             max_conns,
             conns_open: 0,
             started: Instant::now(),

@@ -108,7 +108,7 @@ impl Server {
     pub fn new(
         config: Config,
         store: Store,
-        secret: Vec<u8>,
+        secret: crate::jwt::Keys,
         max_conns: usize,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
@@ -134,7 +134,7 @@ impl Server {
             signals,
             conns: Slab::with_capacity(1024),
             next_gen: 1,
-            ctx: Ctx::new(config, store, &secret, max_conns, READ_CHUNK),
+            ctx: Ctx::new(config, store, secret, max_conns, READ_CHUNK),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             accept_paused_until: None,
             accept_more: false,

@@ -60,7 +60,8 @@ impl Access {
         };
         let user = api::bearer_token(request)
             .and_then(|token| {
-                crate::jwt::verify_with(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
+                crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000))
+                    .ok()
             })
             .map(|claims| claims.user);
         Access { method, path: request.path.to_string(), user, started: std::time::Instant::now() }
@@ -351,7 +352,8 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
         keep_alive: request.keep_alive && !ctx.shutting_down(),
         http10: request.http10,
         allowed_origin,
-        token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
+        token_in_query: request.authorization.is_none()
+            && (request.query.contains("access_token") || request.query.contains("ticket")),
         route: route.label(),
         head_only: request.method == http::Method::Head,
         access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
@@ -377,6 +379,7 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
             registry: &ctx.registry,
             config: &ctx.config,
             secret: &ctx.secret,
+            tickets: &ctx.tickets,
             now_ms: now.epoch_ms,
             render_metrics: &render,
         };
@@ -429,7 +432,8 @@ fn refuse_from_head(
             Some(origin) if ctx.config.cors.allows(origin) => Some(origin.to_vec()),
             _ => None,
         },
-        token_in_query: request.authorization.is_none() && request.query.contains("access_token"),
+        token_in_query: request.authorization.is_none()
+            && (request.query.contains("access_token") || request.query.contains("ticket")),
         route: api::Route::of(request.path).label(),
         head_only: request.method == http::Method::Head,
         access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
@@ -442,6 +446,7 @@ fn refuse_from_head(
             registry: &ctx.registry,
             config: &ctx.config,
             secret: &ctx.secret,
+            tickets: &ctx.tickets,
             now_ms: now.epoch_ms,
             render_metrics: &render,
         };
