@@ -135,6 +135,7 @@ impl Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("--db").arg(&db).arg("--listen").arg(&listen).args(opts.args);
         cmd.env_remove("JWT_SECRET")
+            .env_remove("JWT_SECRET_PREVIOUS")
             .env_remove("RUST_LOG")
             .env_remove("PERIODE_SSE_LISTEN")
             .env_remove("PERIODE_SSE_DB");
