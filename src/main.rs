@@ -97,7 +97,7 @@ fn serve(config: Config) -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        server.store().seed_demo(now_ms).map_err(|e| format!("cannot seed the demo data: {e}"))?;
+        server.seed_demo(now_ms).map_err(|e| format!("cannot seed the demo data: {e}"))?;
         log::info!(
             "demo data ready: user 13, limit 200000 over this month; try `periode-sse token 13`"
         );

@@ -29,6 +29,7 @@ pub(super) struct Now {
 pub(super) struct Ctx {
     pub(super) wheel: TimerWheel<ConnKey>,
     pub(super) registry: Registry<ConnKey>,
+    /// The loop's read-only view of the database; writes go through the store thread.
     pub(super) store: Store,
     pub(super) metrics: Metrics,
     pub(super) config: Config,
@@ -63,6 +64,10 @@ pub(super) struct Ctx {
     date: String,
     date_second: i64,
     rng: crate::rng::Rng,
+    /// Users with a write in the batch on the store thread: their requests wait (`parked`).
+    pub(super) busy_users: std::collections::HashSet<UserId>,
+    /// Connections whose next request waits for the batch in flight.
+    pub(super) parked: Vec<ConnKey>,
 }
 
 impl Ctx {
@@ -102,6 +107,8 @@ impl Ctx {
             date: crate::time::imf_fixdate(0),
             date_second: 0,
             rng: crate::rng::Rng::from_entropy(),
+            busy_users: Default::default(),
+            parked: Vec::new(),
         }
     }
 

@@ -21,8 +21,12 @@
 //!  5. accepts that were cut short or paused (out of descriptors) go on;
 //!  6. timers (`ctx.wheel`): request and idle timeouts, heartbeats, token expiries, linger
 //!     ends;
-//!  7. the group commit (`commit.rs`): this turn's batch goes to the store as one
-//!     transaction, and its completion comes back and is answered and fanned out;
+//!  7. the group commit (`commit.rs`): when the batch in flight on the store thread
+//!     (`store_thread.rs`) has come back (its waker has its own token), it is answered and
+//!     fanned out, its users' cached views are forgotten, and requests parked behind it are
+//!     served; then, if no batch is in flight, the writes queued meanwhile go to the store as
+//!     the next batch. A request of a user whose batch is in flight is parked (`Verdict::Wait`)
+//!     rather than read, so that no read sees a commit before its completion is handled;
 //!  8. reap: streams that ended this turn are unlinked from the registry, and connections
 //!     marked to close are removed from the wheel, the registry and the slab, and their
 //!     sockets closed — the one place a connection dies and the one place anything is
@@ -51,6 +55,7 @@ mod ctx;
 mod head;
 mod output;
 mod requests;
+mod store_thread;
 mod streams;
 mod verdict;
 
@@ -61,6 +66,8 @@ use verdict::Verdict;
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const METRICS_LISTENER: Token = Token(usize::MAX - 3);
+/// The store thread's waker: a batch has come back.
+const STORE: Token = Token(usize::MAX - 4);
 
 const FRESH_TIMEOUT_MS: u64 = 10_000;
 const KEEP_ALIVE_TIMEOUT_MS: u64 = 15_000;
@@ -102,6 +109,12 @@ pub struct Server {
     accept_paused_until: Option<u64>,
     accept_more: bool,
     out_of_fds_logged: bool,
+    /// The writing store until `run` hands it to the store thread.
+    writer: Option<Store>,
+    store_thread: Option<store_thread::StoreThread>,
+    waker: std::sync::Arc<mio::Waker>,
+    /// The writers of the batch on the store thread, if one is in flight.
+    in_flight: Option<Vec<ConnKey>>,
 }
 
 impl Server {
@@ -127,6 +140,8 @@ impl Server {
         // there is no log file for SIGHUP to reopen).
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
+        let reader = store.open_reader().map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -134,11 +149,15 @@ impl Server {
             signals,
             conns: Slab::with_capacity(1024),
             next_gen: 1,
-            ctx: Ctx::new(config, store, &secret, max_conns, READ_CHUNK),
+            ctx: Ctx::new(config, reader, &secret, max_conns, READ_CHUNK),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             accept_paused_until: None,
             accept_more: false,
             out_of_fds_logged: false,
+            writer: Some(store),
+            store_thread: None,
+            waker,
+            in_flight: None,
         })
     }
 
@@ -146,15 +165,25 @@ impl Server {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The store the server was given, for work that must wait until the listener is bound
-    /// (seeding `--demo` data: a start that fails must change nothing).
-    pub fn store(&self) -> &Store {
-        &self.ctx.store
+    /// Seeds the `--demo` data, which must wait until the listener is bound (a start that
+    /// fails must change nothing) and happen before `run`.
+    pub fn seed_demo(&self, now_ms: i64) -> crate::store::Result<()> {
+        let Some(writer) = &self.writer else {
+            return Err(crate::store::StoreError::Refused(
+                "the demo data can only be seeded before the server runs".to_string(),
+            ));
+        };
+        writer.seed_demo(now_ms)?;
+        self.ctx.store.forget_all();
+        Ok(())
     }
 
     /// Runs until a signal has stopped the server and every connection is gone.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        if let Some(store) = self.writer.take() {
+            self.store_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
+        }
         if let Some(addr) = self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             log::info!("metrics served without authentication on http://{addr}/metrics");
         }
@@ -192,6 +221,8 @@ impl Server {
                 match event.token() {
                     LISTENER | METRICS_LISTENER => self.guarded(None, |s| s.accept_all(now)),
                     SIGNALS => self.on_signal(now),
+                    // Its completion is taken at step 7.
+                    STORE => {}
                     token => {
                         let writable = event.is_writable() || event.is_error();
                         let closed = event.is_read_closed() || event.is_error();
@@ -255,16 +286,17 @@ impl Server {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
         if outcome.is_err() {
             log::error!("BUG: a panic while serving (see above); dropping the connection involved");
-            // A batch cut short must not stay open, or every later write would fail; its
-            // writers were never answered, and are closed rather than left waiting.
-            self.ctx.store.rollback_if_open();
+            // Writers in neither the queued batch nor the one in flight were never answered,
+            // and are closed rather than left waiting.
             let batch = &self.ctx.batch;
+            let in_flight = self.in_flight.as_deref().unwrap_or(&[]);
             let orphans: Vec<ConnKey> = self
                 .conns
                 .iter()
                 .filter(|(k, c)| {
                     matches!(c.phase, Phase::Committing)
                         && !batch.iter().any(|w| w.key.index() == *k)
+                        && !in_flight.iter().any(|w| w.index() == *k)
                 })
                 .map(|(k, c)| ConnKey::new(k, c.gen))
                 .collect();
@@ -280,7 +312,7 @@ impl Server {
 
     fn poll_timeout(&self, now: Now) -> Option<Duration> {
         if !self.ctx.again.is_empty()
-            || !self.ctx.batch.is_empty()
+            || (!self.ctx.batch.is_empty() && self.in_flight.is_none())
             || self.accept_more
             || !self.ctx.to_close.is_empty()
         {
@@ -463,6 +495,22 @@ impl Server {
     }
 
     fn finish_shutdown(&mut self) {
+        // Writes still queued or in flight were never answered; they are committed all the
+        // same if the store answers in time (bounded: two batches at most).
+        for _ in 0..2 {
+            let now = self.ctx.now();
+            if self.in_flight.is_some() {
+                let done = self.store_thread.as_ref().and_then(|t| t.wait(Duration::from_secs(1)));
+                match done {
+                    Some(done) => self.finish_batch(done, now),
+                    None => break,
+                }
+            }
+            if self.ctx.batch.is_empty() {
+                break;
+            }
+            self.send_batch(now);
+        }
         let left = self.conns.len();
         if left > 0 {
             log::warn!("shutdown: {left} connections did not close in time; closing them now");
@@ -472,6 +520,9 @@ impl Server {
             verdict::close_later(conn, key, &mut self.ctx, CloseReason::Shutdown);
         }
         self.reap();
+        if let Some(thread) = self.store_thread.as_mut() {
+            thread.stop();
+        }
         log::info!("stopped; every acknowledged write is committed");
     }
 
@@ -490,16 +541,51 @@ impl Server {
         self.ctx.due = due;
     }
 
-    /// Step 7: the batch goes to the store; its completion is answered and fanned out.
+    /// Step 7: the batch in flight, if it has come back, is answered and fanned out; then
+    /// the writes queued meanwhile leave as the next batch.
     fn commit_batch(&mut self, now: Now) {
-        if self.ctx.batch.is_empty() {
-            return;
+        if self.in_flight.is_some() {
+            if let Some(done) = self.store_thread.as_ref().and_then(|t| t.take()) {
+                self.finish_batch(done, now);
+            }
         }
+        if self.in_flight.is_none() && !self.ctx.batch.is_empty() {
+            self.send_batch(now);
+        }
+    }
+
+    fn send_batch(&mut self, now: Now) {
         let batch = std::mem::take(&mut self.ctx.batch);
-        let began = std::time::Instant::now();
-        let done = commit::commit(&self.ctx.store, batch, now.epoch_ms);
-        self.ctx.metrics.count_commit_latency(began.elapsed());
+        self.ctx.busy_users.extend(batch.iter().map(|w| w.user()));
+        self.in_flight = Some(batch.iter().map(|w| w.key).collect());
+        let sent = match &self.store_thread {
+            Some(thread) => thread.send(batch, now.epoch_ms),
+            None => Err(batch),
+        };
+        if let Err(batch) = sent {
+            let why = "the store thread has stopped".to_string();
+            let done = commit::not_stored(batch, crate::store::StoreError::Unavailable(why));
+            self.finish_batch(done, now);
+        }
+    }
+
+    /// A batch is back: its users' views are read afresh from now on, it is answered, and
+    /// the requests parked behind it are served (before the next batch leaves, so that a
+    /// user who writes without pause cannot keep their reads waiting).
+    fn finish_batch(&mut self, done: commit::Completion, now: Now) {
+        self.ctx.metrics.count_commit_latency(done.elapsed);
+        self.in_flight = None;
+        for user in self.ctx.busy_users.drain() {
+            self.ctx.store.forget(user);
+        }
         commit::complete(&mut self.conns, &mut self.ctx, done, now);
+        let parked = std::mem::take(&mut self.ctx.parked);
+        for key in parked {
+            self.on_conn(key, now, |conn, key, ctx, now| {
+                output::on_writable(conn, ctx)
+                    .then(|| requests::on_readable(conn, key, ctx, now, Drain::ToTheEnd))
+            });
+        }
     }
 
     /// The one place connections die, and the one place anything is unlinked from the

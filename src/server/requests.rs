@@ -218,7 +218,7 @@ pub(super) fn read_requests(
     let (consumed, verdict) = serve_buffered(conn, key, ctx, &buf, now);
     let rest = &buf[consumed..];
     // Still reading requests: nothing ended the connection and no stream started.
-    let reading = matches!(verdict, Verdict::Continue | Verdict::Commit(..))
+    let reading = matches!(verdict, Verdict::Continue | Verdict::Commit(..) | Verdict::Wait)
         && matches!(conn.phase, Phase::Request);
     let verdict = if gone {
         // Reset: nothing can reach the client any more. A write already queued is still
@@ -232,6 +232,14 @@ pub(super) fn read_requests(
         // The client will send nothing more, but may still read (a half-close): what it
         // asked for is answered, then the connection closes.
         conn.peer_closed = true;
+        if matches!(verdict, Verdict::Wait) {
+            // The parked request is served later: keep it (the EOF is read again then).
+            if let Some(refused) =
+                hold_rest(conn, key, ctx, rest, consumed, started_ms, &verdict, now)
+            {
+                return refused;
+            }
+        }
         match verdict {
             Verdict::Continue if matches!(conn.phase, Phase::Request) => {
                 Verdict::Finish(CloseReason::ClientGone)
@@ -285,7 +293,7 @@ fn hold_rest(
     // Behind a write, the bytes are already read and must be kept: its client is
     // authorized, and they are served once the write is answered.
     let over = ctx.held.unauthorized() + rest.len() > MAX_UNAUTHORIZED_BYTES;
-    if unauthorized && over && !matches!(verdict, Verdict::Commit(..)) {
+    if unauthorized && over && !matches!(verdict, Verdict::Commit(..) | Verdict::Wait) {
         log::warn!("too many half-received requests held: answering a new one 503");
         let response = api::Response::error(
             503,
@@ -330,6 +338,10 @@ fn serve_buffered(
                 return (buf.len(), respond(conn, key, ctx, &response, &Reply::invalid(), now));
             }
             Parse::Complete(request, n) => {
+                if waits_for_store(ctx, &request, now) {
+                    // Left in the buffer, and served when the user's batch is back.
+                    return (used, Verdict::Wait);
+                }
                 used += n;
                 match serve(conn, key, ctx, &request, now) {
                     Verdict::Continue => {}
@@ -339,6 +351,22 @@ fn serve_buffered(
         }
     }
     (used, Verdict::Continue)
+}
+
+/// Whether the request is of a user whose batch is on the store thread. Until that batch's
+/// completion is handled the loop's reader may already see its commit, and a stream opened
+/// then would get its notification twice (in its snapshot, then from the fan-out); a read
+/// would see a write not yet answered. So such a request waits; everyone else's go on.
+fn waits_for_store(ctx: &Ctx, request: &Request<'_>, now: Now) -> bool {
+    if ctx.busy_users.is_empty() {
+        return false;
+    }
+    // A token that does not verify is refused by `api` without reading anything.
+    api::bearer_token(request)
+        .and_then(|token| {
+            crate::jwt::verify_with(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
+        })
+        .is_some_and(|claims| ctx.busy_users.contains(&claims.user))
 }
 
 fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, now: Now) -> Verdict {
