@@ -35,13 +35,13 @@
 //! Events for a token whose connection is gone (or whose slab index was reused: the token
 //! carries the generation) are ignored.
 
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
 use crate::http;
 use crate::key::{ConnKey, SlabKey};
 use crate::metrics::CloseReason;
 use crate::sse;
-use crate::store::Store;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -91,6 +91,11 @@ const HARD_UNSENT_BYTES: usize = 256 * 1024;
 /// …and past which it is cut if it stays there this long (Redis's soft output limit).
 const SOFT_UNSENT_BYTES: usize = 128 * 1024;
 const SOFT_UNSENT_MS: u64 = 5_000;
+/// How long a request may wait for the store (a batch of its user in flight, a load) before
+/// it is answered `503 storage_unavailable`: SPEC §7 says within 2 s.
+const PARK_DEADLINE_MS: u64 = 1_500;
+/// How many of the store thread's answers one turn takes (the rest wait for the next).
+const STORE_ANSWERS_PER_TURN: usize = 1024;
 /// How long accept waits after running out of descriptors, when even the spare is gone.
 const ACCEPT_PAUSE_MS: u64 = 100;
 
@@ -110,17 +115,20 @@ pub struct Server {
     accept_more: bool,
     out_of_fds_logged: bool,
     /// The writing store until `run` hands it to the store thread.
-    writer: Option<Store>,
+    writer: Option<Backend>,
     store_thread: Option<store_thread::StoreThread>,
     waker: std::sync::Arc<mio::Waker>,
     /// The writers of the batch on the store thread, if one is in flight.
     in_flight: Option<Vec<ConnKey>>,
+    /// PostgreSQL: a batch's writes are applied in ascending user id, so that two nodes'
+    /// batches lock users' rows in one order and cannot deadlock (docs/cluster.md).
+    sort_batches: bool,
 }
 
 impl Server {
     pub fn new(
         config: Config,
-        store: Store,
+        store: Backend,
         secret: Vec<u8>,
         max_conns: usize,
     ) -> io::Result<Server> {
@@ -142,6 +150,7 @@ impl Server {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
         let reader = store.open_reader().map_err(|e| io::Error::other(e.to_string()))?;
+        let sort_batches = !matches!(store, Backend::Sqlite(_));
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -158,6 +167,7 @@ impl Server {
             store_thread: None,
             waker,
             in_flight: None,
+            sort_batches,
         })
     }
 
@@ -313,6 +323,7 @@ impl Server {
     fn poll_timeout(&self, now: Now) -> Option<Duration> {
         if !self.ctx.again.is_empty()
             || (!self.ctx.batch.is_empty() && self.in_flight.is_none())
+            || !self.ctx.loads_wanted.is_empty()
             || self.accept_more
             || !self.ctx.to_close.is_empty()
         {
@@ -544,9 +555,26 @@ impl Server {
     /// Step 7: the batch in flight, if it has come back, is answered and fanned out; then
     /// the writes queued meanwhile leave as the next batch.
     fn commit_batch(&mut self, now: Now) {
-        if self.in_flight.is_some() {
-            if let Some(done) = self.store_thread.as_ref().and_then(|t| t.take()) {
-                self.finish_batch(done, now);
+        for _ in 0..STORE_ANSWERS_PER_TURN {
+            match self.store_thread.as_ref().and_then(|t| t.take()) {
+                Some(store_thread::Done::Batch(done)) => self.finish_batch(done, now),
+                Some(store_thread::Done::Loaded(user, load)) => {
+                    self.ctx.loading.remove(&user);
+                    self.ctx.store.fill(user, load);
+                    self.serve_parked(now);
+                    self.ctx.store.done_with(user);
+                }
+                None => break,
+            }
+        }
+        for (user, after) in std::mem::take(&mut self.ctx.loads_wanted) {
+            let asked = self.store_thread.as_ref().is_some_and(|t| t.load(user, after));
+            if !asked {
+                self.ctx.loading.remove(&user);
+                let why = "the store thread has stopped".to_string();
+                self.ctx.store.fill(user, Err(crate::store::StoreError::Unavailable(why)));
+                self.serve_parked(now);
+                self.ctx.store.done_with(user);
             }
         }
         if self.in_flight.is_none() && !self.ctx.batch.is_empty() {
@@ -555,7 +583,11 @@ impl Server {
     }
 
     fn send_batch(&mut self, now: Now) {
-        let batch = std::mem::take(&mut self.ctx.batch);
+        let mut batch = std::mem::take(&mut self.ctx.batch);
+        if self.sort_batches {
+            // Stable: a user's own writes keep their order; each write has its own answer.
+            batch.sort_by_key(|w| w.user());
+        }
         self.ctx.busy_users.extend(batch.iter().map(|w| w.user()));
         self.in_flight = Some(batch.iter().map(|w| w.key).collect());
         let sent = match &self.store_thread {
@@ -579,13 +611,21 @@ impl Server {
             self.ctx.store.forget(user);
         }
         commit::complete(&mut self.conns, &mut self.ctx, done, now);
+        self.serve_parked(now);
+    }
+
+    /// Serves again the requests that waited for the store; those that must wait still park
+    /// again, keeping their first deadline.
+    fn serve_parked(&mut self, now: Now) {
         let parked = std::mem::take(&mut self.ctx.parked);
-        for key in parked {
+        for (key, since) in parked {
+            self.ctx.parked_since = Some(since);
             self.on_conn(key, now, |conn, key, ctx, now| {
                 output::on_writable(conn, ctx)
                     .then(|| requests::on_readable(conn, key, ctx, now, Drain::ToTheEnd))
             });
         }
+        self.ctx.parked_since = None;
     }
 
     /// The one place connections die, and the one place anything is unlinked from the

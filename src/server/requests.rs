@@ -357,16 +357,33 @@ fn serve_buffered(
 /// completion is handled the loop's reader may already see its commit, and a stream opened
 /// then would get its notification twice (in its snapshot, then from the fan-out); a read
 /// would see a write not yet answered. So such a request waits; everyone else's go on.
-fn waits_for_store(ctx: &Ctx, request: &Request<'_>, now: Now) -> bool {
-    if ctx.busy_users.is_empty() {
+///
+/// In cluster mode a request also waits while the store thread loads what it reads of its
+/// user (PostgreSQL is never queried on the loop thread): the load is asked for here.
+fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, now: Now) -> bool {
+    let cached_reads = matches!(ctx.store, crate::backend::Reader::Loaded(_));
+    if ctx.busy_users.is_empty() && !cached_reads {
         return false;
     }
     // A token that does not verify is refused by `api` without reading anything.
-    api::bearer_token(request)
-        .and_then(|token| {
-            crate::jwt::verify_with(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
-        })
-        .is_some_and(|claims| ctx.busy_users.contains(&claims.user))
+    let Some(claims) = api::bearer_token(request).and_then(|token| {
+        crate::jwt::verify_with(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
+    }) else {
+        return false;
+    };
+    let user = claims.user;
+    if ctx.busy_users.contains(&user) || ctx.loading.contains(&user) {
+        return true;
+    }
+    let after = (api::Route::of(request.path) == api::Route::Stream)
+        .then(|| api::resume_point(request))
+        .flatten();
+    if ctx.store.needs_load(user, after) {
+        ctx.loading.insert(user);
+        ctx.loads_wanted.push((user, after));
+        return true;
+    }
+    false
 }
 
 fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, now: Now) -> Verdict {
@@ -595,6 +612,17 @@ fn after_answer(
 /// A request-phase connection's deadline passed: a started request gets 408, an idle
 /// connection is closed without a word.
 pub(super) fn on_request_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -> Verdict {
+    if let Some(at) = ctx.parked.iter().position(|(k, _)| *k == key) {
+        // The store did not answer in time (SPEC §7: 503 within 2 s, never a hang).
+        ctx.parked.swap_remove(at);
+        conn.inbuf = None;
+        let response = api::Response::error(
+            503,
+            "storage_unavailable",
+            "the database did not answer in time; nothing was read or stored",
+        );
+        return respond(conn, key, ctx, &response, &Reply::invalid(), now);
+    }
     if conn.inbuf.is_none() {
         return Verdict::Close(CloseReason::Timeout);
     }

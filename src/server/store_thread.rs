@@ -1,6 +1,7 @@
 //! The store thread: where batches are committed, so that the loop never waits for the disk.
 //!
-//! The loop hands it one batch at a time (`send`); the thread applies it with
+//! The loop hands it one batch at a time (`send`), and in cluster mode the reads its cache
+//! misses (`load`: PostgreSQL is never queried from the loop thread); the thread applies a batch with
 //! `commit::commit`, sends the `Completion` back over a channel and wakes the loop through a
 //! `mio::Waker` on its own token; the loop picks it up with `take` and answers it with
 //! `commit::complete`. Meanwhile the loop keeps serving: heartbeats, connects, reads, and the
@@ -12,33 +13,41 @@
 //! stored, so one bad write cannot leave the server without a store.
 
 use super::commit::{self, Completion, QueuedWrite};
-use crate::store::{Store, StoreError};
+use crate::backend::{Backend as Store, Load};
+use crate::domain::UserId;
+use crate::store::{self, StoreError};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-struct Job {
-    writes: Vec<QueuedWrite>,
-    now_ms: i64,
+enum Job {
+    Commit { writes: Vec<QueuedWrite>, now_ms: i64 },
+    Load { user: UserId, after: Option<u64> },
+}
+
+/// What comes back.
+pub(super) enum Done {
+    Batch(Completion),
+    Loaded(UserId, store::Result<Load>),
 }
 
 pub(super) struct StoreThread {
     jobs: Option<mpsc::Sender<Job>>,
-    done: mpsc::Receiver<Completion>,
+    done: mpsc::Receiver<Done>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl StoreThread {
     pub(super) fn spawn(store: Store, waker: Arc<mio::Waker>) -> std::io::Result<StoreThread> {
         let (jobs, job_rx) = mpsc::channel::<Job>();
-        let (done_tx, done) = mpsc::channel::<Completion>();
+        let (done_tx, done) = mpsc::channel::<Done>();
         let handle =
             std::thread::Builder::new().name("periode-sse-store".to_string()).spawn(move || {
                 // Ends when the loop drops its sender (shutdown).
                 while let Ok(job) = job_rx.recv() {
-                    let completion = run_job(&store, job);
-                    if done_tx.send(completion).is_err() {
+                    let done = run_job(&store, job);
+                    if done_tx.send(done).is_err() {
                         return;
                     }
                     if let Err(e) = waker.wake() {
@@ -57,13 +66,22 @@ impl StoreThread {
         now_ms: i64,
     ) -> Result<(), Vec<QueuedWrite>> {
         match &self.jobs {
-            Some(jobs) => jobs.send(Job { writes, now_ms }).map_err(|e| e.0.writes),
+            Some(jobs) => jobs.send(Job::Commit { writes, now_ms }).map_err(|e| match e.0 {
+                Job::Commit { writes, .. } => writes,
+                Job::Load { .. } => Vec::new(),
+            }),
             None => Err(writes),
         }
     }
 
-    /// The completion of the batch in flight, if it has come back.
-    pub(super) fn take(&self) -> Option<Completion> {
+    /// Asks for `user`'s reads (and the notifications after `after`); `false` if the thread
+    /// is gone.
+    pub(super) fn load(&self, user: UserId, after: Option<u64>) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::Load { user, after }).is_ok())
+    }
+
+    /// What has come back, if anything.
+    pub(super) fn take(&self) -> Option<Done> {
         match self.done.try_recv() {
             Ok(done) => Some(done),
             Err(mpsc::TryRecvError::Empty) => None,
@@ -74,7 +92,15 @@ impl StoreThread {
     /// Waits at most `wait` for the batch in flight (at shutdown: every acknowledged write is
     /// already durable, but one in flight should still land before the process exits).
     pub(super) fn wait(&self, wait: Duration) -> Option<Completion> {
-        self.done.recv_timeout(wait).ok()
+        let deadline = std::time::Instant::now() + wait;
+        // Loads that come back meanwhile are of no use any more: skipped (bounded by time).
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.done.recv_timeout(left).ok()? {
+                Done::Batch(done) => return Some(done),
+                Done::Loaded(..) => {}
+            }
+        }
     }
 
     /// Stops the thread once it has finished what it holds.
@@ -88,8 +114,19 @@ impl StoreThread {
     }
 }
 
-fn run_job(store: &Store, job: Job) -> Completion {
-    let Job { writes, now_ms } = job;
+fn run_job(store: &Store, job: Job) -> Done {
+    let (writes, now_ms) = match job {
+        Job::Commit { writes, now_ms } => (writes, now_ms),
+        Job::Load { user, after } => {
+            let load =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load(user, after)));
+            let load = load.unwrap_or_else(|_| {
+                log::error!("BUG: a panic while reading user {user} (see above)");
+                Err(StoreError::Unavailable("an internal error stopped the read".to_string()))
+            });
+            return Done::Loaded(user, load);
+        }
+    };
     let began = std::time::Instant::now();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         commit::apply_all(store, &writes, now_ms)
@@ -102,5 +139,5 @@ fn run_job(store: &Store, job: Job) -> Completion {
             Err(StoreError::Unavailable("an internal error stopped the commit".to_string()))
         }
     };
-    commit::Completion::new(writes, outcome, began.elapsed())
+    Done::Batch(commit::Completion::new(writes, outcome, began.elapsed()))
 }

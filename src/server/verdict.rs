@@ -54,7 +54,11 @@ pub(super) fn carry_out(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, verdict: V
     match verdict {
         Verdict::Continue => {}
         Verdict::Again => ctx.again.push(key),
-        Verdict::Wait => ctx.parked.push(key),
+        Verdict::Wait => {
+            let since = ctx.parked_since.unwrap_or(now.mono_ms);
+            ctx.parked.push((key, since));
+            ctx.wheel.schedule(key, since + super::PARK_DEADLINE_MS);
+        }
         Verdict::Commit(op, reply) => {
             conn.await_commit();
             ctx.batch.push(QueuedWrite { key, op, reply });

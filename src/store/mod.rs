@@ -54,6 +54,9 @@ pub enum StoreError {
     /// The disk or the quota is full (`SQLITE_FULL`). HTTP `507` (or `503`).
     Full,
     Sql(rusqlite::Error),
+    /// PostgreSQL (cluster mode): unreachable, or a statement failed. Already masked.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pg::PgError),
 }
 
 impl fmt::Display for StoreError {
@@ -63,6 +66,8 @@ impl fmt::Display for StoreError {
             StoreError::Refused(why) | StoreError::Unavailable(why) => f.write_str(why),
             StoreError::Full => f.write_str("the database's disk (or quota) is full"),
             StoreError::Sql(e) => write!(f, "database error: {e}"),
+            #[cfg(feature = "postgres")]
+            StoreError::Postgres(e) => write!(f, "{e}"),
         }
     }
 }
