@@ -5,13 +5,13 @@
 //! for the server to carry out. Never touches a socket and never writes to the database:
 //! writes leave here as `WriteOp`s and are applied by `writes.rs` inside the group commit.
 
+use crate::backend::Reader as Store;
 use crate::config::Config;
 use crate::domain::{Role, UserId};
 use crate::http::{self, Method, Request};
 use crate::jwt;
 use crate::registry::Registry;
 use crate::spending::{AlertPercentage, Limit};
-use crate::store::Store;
 use crate::time::parse_rfc3339_ms;
 use serde_json::{Map, Value};
 
@@ -404,6 +404,8 @@ pub fn storage_status(e: &crate::store::StoreError) -> (u16, &'static str) {
     match e {
         StoreError::Unavailable(_) => UNAVAILABLE,
         StoreError::Full => FULL,
+        #[cfg(feature = "postgres")]
+        StoreError::Postgres(e) if e.is_unavailable() => UNAVAILABLE,
         // Errors the store did not classify itself: SQLite's result codes say the same.
         StoreError::Sql(rusqlite::Error::SqliteFailure(failure, _))
         | StoreError::Open(_, rusqlite::Error::SqliteFailure(failure, _)) => match failure.code {
@@ -460,11 +462,7 @@ fn stream(req: &Request<'_>, claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Outco
             ),
         ));
     }
-    // The header wins when both are given; a value that is not a decimal id means "no resume".
-    let last_event_id = match req.last_event_id {
-        Some(header) => parse_event_id(header),
-        None => http::query_param(req.query, "lastEventId").and_then(|v| parse_event_id(&v)),
-    };
+    let last_event_id = resume_point(req);
     // An id above the latest stored one was seen on a database since restored from a
     // backup: the client converges through a snapshot (SPEC §4).
     let last_event_id = match last_event_id {
@@ -473,6 +471,15 @@ fn stream(req: &Request<'_>, claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Outco
     };
     let resume = last_event_id.map_or(Resume::Snapshot, Resume::After);
     Ok(Outcome::Stream(StreamStart { user: claims.user, expires_at: claims.expires_at, resume }))
+}
+
+/// The id a stream request resumes after, if it gives one. The header wins when both are
+/// given; a value that is not a decimal id means "no resume".
+pub fn resume_point(req: &Request<'_>) -> Option<u64> {
+    match req.last_event_id {
+        Some(header) => parse_event_id(header),
+        None => http::query_param(req.query, "lastEventId").and_then(|v| parse_event_id(&v)),
+    }
 }
 
 fn parse_event_id(raw: &[u8]) -> Option<u64> {

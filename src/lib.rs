@@ -8,6 +8,7 @@
 //! `sse`, `spending`, `timer`, `registry`, `time`, `config`, `metrics`.
 
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod conn;
 pub mod domain;

@@ -6,6 +6,7 @@
 //! listener; the demo data are written only once the port is ours, so a start that cannot bind
 //! has not touched a database another server may be using.
 
+use periode_sse::backend::Database;
 use periode_sse::config::{self, BackupArgs, Command, Config, TokenArgs};
 use periode_sse::{jwt, secret, server, store};
 use std::process::ExitCode;
@@ -50,8 +51,8 @@ fn main() -> ExitCode {
 }
 
 fn print_token(args: &TokenArgs) -> Result<(), String> {
-    let key = secret::resolve(&args.db, std::env::var("JWT_SECRET").ok(), secret::Missing::Refuse)
-        .map_err(|e| e.to_string())?;
+    let database = Database::select(&args.db)?;
+    let key = database.secret(std::env::var("JWT_SECRET").ok(), secret::Missing::Refuse)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970".to_string())?
@@ -87,10 +88,14 @@ fn serve(config: Config) -> Result<(), String> {
     let open_files = usize::try_from(server::raise_open_files_limit()).unwrap_or(usize::MAX);
     // Descriptors beyond connections: listener, epoll, signal pipe, SQLite (db, WAL, shm), spare.
     let max_conns = config.max_conns.unwrap_or_else(|| open_files.saturating_sub(32).max(1));
-    let store = store::Store::open(&config.db).map_err(|e| e.to_string())?;
-    let secret =
-        secret::resolve(&config.db, std::env::var("JWT_SECRET").ok(), secret::Missing::Create)
-            .map_err(|e| e.to_string())?;
+    // SQLite: the file's checks and lock before its key file; PostgreSQL: the key (required)
+    // before the connection. The URI is shown masked, never as given.
+    let database = Database::select(&config.db)?;
+    if !matches!(database, Database::Sqlite(_)) {
+        database.secret(std::env::var("JWT_SECRET").ok(), secret::Missing::Create)?;
+    }
+    let store = database.open()?;
+    let secret = database.secret(std::env::var("JWT_SECRET").ok(), secret::Missing::Create)?;
     let keys = jwt::Keys::new(&secret, previous.as_deref());
     if keys.rotating() {
         log::info!("key rotation: tokens signed with JWT_SECRET_PREVIOUS are still accepted");
@@ -104,7 +109,7 @@ fn serve(config: Config) -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        server.store().seed_demo(now_ms).map_err(|e| format!("cannot seed the demo data: {e}"))?;
+        server.seed_demo(now_ms).map_err(|e| format!("cannot seed the demo data: {e}"))?;
         log::info!(
             "demo data ready: user 13, limit 200000 over this month; try `periode-sse token 13`"
         );
@@ -112,7 +117,7 @@ fn serve(config: Config) -> Result<(), String> {
     let addr = server.local_addr().unwrap_or(listen);
     log::info!(
         "periode-sse listening on http://{addr} (db {}, heartbeat {} s, max {} connections, {} per user)",
-        config.db.display(),
+        database.shown(),
         config.heartbeat_secs,
         max_conns,
         config.max_conns_per_user

@@ -6,8 +6,9 @@
 //! touches a socket.
 
 use crate::api::{Response, WriteOp};
+use crate::backend::Backend as Store;
 use crate::domain::UserId;
-use crate::store::{Store, StoreError, Transaction, WriteRefusal};
+use crate::store::{StoreError, Transaction, WriteRefusal};
 use crate::time::write_rfc3339_ms;
 
 /// A notification stored in this batch, to be pushed once the batch is durable.

@@ -1,9 +1,9 @@
 //! The group commit, in two steps: a batch goes to the store, and its completion comes back.
 //!
-//! `commit` is the store's half: every write that arrived during one turn is applied in one
-//! SQLite transaction and made durable by one commit. It touches nothing but the store, so it
-//! can move to a thread of its own that sends `Completion`s back through a `mio::Waker`.
-//! `complete` is the loop's half: only once the batch is durable are its writes answered,
+//! `apply_all` is the store's half: every write of one batch (what arrived while the previous
+//! batch was in flight) is applied in one SQLite transaction and made durable by one commit.
+//! It touches nothing but the store, and runs on the store thread (`store_thread.rs`), which
+//! sends the `Completion` back through a `mio::Waker`. `complete` is the loop's half: only once the batch is durable are its writes answered,
 //! their notifications pushed and deactivated users' streams ended — every notification of
 //! the batch before any request pipelined behind a write is read (that happens next turn,
 //! through `again`), so a stream opened behind a write never sees that write's notification
@@ -14,12 +14,15 @@ use super::requests::{self, Reply};
 use super::streams;
 use super::verdict;
 use crate::api::{self, WriteOp};
+use crate::backend::Backend as Store;
 use crate::conn::Conn;
+use crate::domain::UserId;
 use crate::key::{ConnKey, SlabKey};
 use crate::metrics::CloseReason;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::writes::{self, Applied};
 use slab::Slab;
+use std::time::Duration;
 
 /// A write waiting for this turn's commit, and how to answer it.
 pub(super) struct QueuedWrite {
@@ -28,19 +31,42 @@ pub(super) struct QueuedWrite {
     pub(super) reply: Reply,
 }
 
+impl QueuedWrite {
+    /// The user whose data the write changes.
+    pub(super) fn user(&self) -> UserId {
+        match &self.op {
+            WriteOp::Transaction { user, .. }
+            | WriteOp::Limit { user, .. }
+            | WriteOp::User { user, .. } => *user,
+        }
+    }
+}
+
 /// What the store made of one batch: every write's result, or why none was stored.
 pub(super) struct Completion {
     writes: Vec<QueuedWrite>,
     outcome: Result<Vec<Applied>, StoreError>,
+    /// How long the store took over it.
+    pub(super) elapsed: Duration,
+}
+
+impl Completion {
+    pub(super) fn new(
+        writes: Vec<QueuedWrite>,
+        outcome: Result<Vec<Applied>, StoreError>,
+        elapsed: Duration,
+    ) -> Completion {
+        Completion { writes, outcome, elapsed }
+    }
+}
+
+/// A batch that never reached the store: every write is answered as not stored.
+pub(super) fn not_stored(writes: Vec<QueuedWrite>, why: StoreError) -> Completion {
+    Completion { writes, outcome: Err(why), elapsed: Duration::ZERO }
 }
 
 /// Applies `writes` in one transaction and commits it; on any error nothing is stored.
-pub(super) fn commit(store: &Store, writes: Vec<QueuedWrite>, now_ms: i64) -> Completion {
-    let outcome = apply_all(store, &writes, now_ms);
-    Completion { writes, outcome }
-}
-
-fn apply_all(
+pub(super) fn apply_all(
     store: &Store,
     writes: &[QueuedWrite],
     now_ms: i64,
@@ -66,7 +92,7 @@ fn apply_all(
 /// Answers every write of a durable (or failed) batch, pushes its notifications and ends
 /// the streams of users it deactivated; then queues each writer to be read again.
 pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, now: Now) {
-    let Completion { writes, outcome } = done;
+    let Completion { writes, outcome, .. } = done;
     let (results, failure): (Vec<Option<Applied>>, _) = match outcome {
         Ok(results) => {
             ctx.metrics.count_commit(writes.len());

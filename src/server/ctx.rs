@@ -8,12 +8,12 @@
 //! searched again for the connection at hand.
 
 use super::commit::QueuedWrite;
+use crate::backend::Reader as Store;
 use crate::config::Config;
 use crate::domain::UserId;
 use crate::key::ConnKey;
 use crate::metrics::{Gauges, Metrics, Process};
 use crate::registry::Registry;
-use crate::store::Store;
 use crate::timer::TimerWheel;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,7 @@ pub(super) struct Now {
 pub(super) struct Ctx {
     pub(super) wheel: TimerWheel<ConnKey>,
     pub(super) registry: Registry<ConnKey>,
+    /// The loop's read-only view of the database; writes go through the store thread.
     pub(super) store: Store,
     pub(super) metrics: Metrics,
     pub(super) config: Config,
@@ -65,6 +66,18 @@ pub(super) struct Ctx {
     date: String,
     date_second: i64,
     rng: crate::rng::Rng,
+    /// Users with a write in the batch on the store thread: their requests wait (`parked`).
+    pub(super) busy_users: std::collections::HashSet<UserId>,
+    /// Connections whose next request waits for the store (a batch in flight, a load), and
+    /// since when (monotonic ms): past `PARK_DEADLINE_MS` they are answered 503.
+    pub(super) parked: Vec<(ConnKey, u64)>,
+    /// Set while parked connections are served again: a request that parks once more keeps
+    /// its first deadline.
+    pub(super) parked_since: Option<u64>,
+    /// Cluster mode: users whose load is on the store thread…
+    pub(super) loading: std::collections::HashSet<UserId>,
+    /// …and loads asked for this turn, sent at step 7.
+    pub(super) loads_wanted: Vec<(UserId, Option<u64>)>,
 }
 
 impl Ctx {
@@ -105,6 +118,11 @@ impl Ctx {
             date: crate::time::imf_fixdate(0),
             date_second: 0,
             rng: crate::rng::Rng::from_entropy(),
+            busy_users: Default::default(),
+            parked: Vec::new(),
+            parked_since: None,
+            loading: Default::default(),
+            loads_wanted: Vec::new(),
         }
     }
 

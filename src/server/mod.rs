@@ -21,8 +21,12 @@
 //!  5. accepts that were cut short or paused (out of descriptors) go on;
 //!  6. timers (`ctx.wheel`): request and idle timeouts, heartbeats, token expiries, linger
 //!     ends;
-//!  7. the group commit (`commit.rs`): this turn's batch goes to the store as one
-//!     transaction, and its completion comes back and is answered and fanned out;
+//!  7. the group commit (`commit.rs`): when the batch in flight on the store thread
+//!     (`store_thread.rs`) has come back (its waker has its own token), it is answered and
+//!     fanned out, its users' cached views are forgotten, and requests parked behind it are
+//!     served; then, if no batch is in flight, the writes queued meanwhile go to the store as
+//!     the next batch. A request of a user whose batch is in flight is parked (`Verdict::Wait`)
+//!     rather than read, so that no read sees a commit before its completion is handled;
 //!  8. reap: streams that ended this turn are unlinked from the registry, and connections
 //!     marked to close are removed from the wheel, the registry and the slab, and their
 //!     sockets closed — the one place a connection dies and the one place anything is
@@ -31,13 +35,13 @@
 //! Events for a token whose connection is gone (or whose slab index was reused: the token
 //! carries the generation) are ignored.
 
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::conn::{Conn, Phase};
 use crate::http;
 use crate::key::{ConnKey, SlabKey};
 use crate::metrics::CloseReason;
 use crate::sse;
-use crate::store::Store;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -51,6 +55,7 @@ mod ctx;
 mod head;
 mod output;
 mod requests;
+mod store_thread;
 mod streams;
 mod verdict;
 
@@ -61,6 +66,8 @@ use verdict::Verdict;
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const METRICS_LISTENER: Token = Token(usize::MAX - 3);
+/// The store thread's waker: a batch has come back.
+const STORE: Token = Token(usize::MAX - 4);
 
 const FRESH_TIMEOUT_MS: u64 = 10_000;
 const KEEP_ALIVE_TIMEOUT_MS: u64 = 15_000;
@@ -84,6 +91,11 @@ const HARD_UNSENT_BYTES: usize = 256 * 1024;
 /// …and past which it is cut if it stays there this long (Redis's soft output limit).
 const SOFT_UNSENT_BYTES: usize = 128 * 1024;
 const SOFT_UNSENT_MS: u64 = 5_000;
+/// How long a request may wait for the store (a batch of its user in flight, a load) before
+/// it is answered `503 storage_unavailable`: SPEC §7 says within 2 s.
+const PARK_DEADLINE_MS: u64 = 1_500;
+/// How many of the store thread's answers one turn takes (the rest wait for the next).
+const STORE_ANSWERS_PER_TURN: usize = 1024;
 /// How long accept waits after running out of descriptors, when even the spare is gone.
 const ACCEPT_PAUSE_MS: u64 = 100;
 
@@ -102,12 +114,21 @@ pub struct Server {
     accept_paused_until: Option<u64>,
     accept_more: bool,
     out_of_fds_logged: bool,
+    /// The writing store until `run` hands it to the store thread.
+    writer: Option<Backend>,
+    store_thread: Option<store_thread::StoreThread>,
+    waker: std::sync::Arc<mio::Waker>,
+    /// The writers of the batch on the store thread, if one is in flight.
+    in_flight: Option<Vec<ConnKey>>,
+    /// PostgreSQL: a batch's writes are applied in ascending user id, so that two nodes'
+    /// batches lock users' rows in one order and cannot deadlock (docs/cluster.md).
+    sort_batches: bool,
 }
 
 impl Server {
     pub fn new(
         config: Config,
-        store: Store,
+        store: Backend,
         secret: crate::jwt::Keys,
         max_conns: usize,
     ) -> io::Result<Server> {
@@ -127,6 +148,9 @@ impl Server {
         // there is no log file for SIGHUP to reopen).
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
+        let reader = store.open_reader().map_err(|e| io::Error::other(e.to_string()))?;
+        let sort_batches = !matches!(store, Backend::Sqlite(_));
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -134,11 +158,16 @@ impl Server {
             signals,
             conns: Slab::with_capacity(1024),
             next_gen: 1,
-            ctx: Ctx::new(config, store, secret, max_conns, READ_CHUNK),
+            ctx: Ctx::new(config, reader, secret, max_conns, READ_CHUNK),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             accept_paused_until: None,
             accept_more: false,
             out_of_fds_logged: false,
+            writer: Some(store),
+            store_thread: None,
+            waker,
+            in_flight: None,
+            sort_batches,
         })
     }
 
@@ -146,15 +175,25 @@ impl Server {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The store the server was given, for work that must wait until the listener is bound
-    /// (seeding `--demo` data: a start that fails must change nothing).
-    pub fn store(&self) -> &Store {
-        &self.ctx.store
+    /// Seeds the `--demo` data, which must wait until the listener is bound (a start that
+    /// fails must change nothing) and happen before `run`.
+    pub fn seed_demo(&self, now_ms: i64) -> crate::store::Result<()> {
+        let Some(writer) = &self.writer else {
+            return Err(crate::store::StoreError::Refused(
+                "the demo data can only be seeded before the server runs".to_string(),
+            ));
+        };
+        writer.seed_demo(now_ms)?;
+        self.ctx.store.forget_all();
+        Ok(())
     }
 
     /// Runs until a signal has stopped the server and every connection is gone.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        if let Some(store) = self.writer.take() {
+            self.store_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
+        }
         if let Some(addr) = self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             log::info!("metrics served without authentication on http://{addr}/metrics");
         }
@@ -192,6 +231,8 @@ impl Server {
                 match event.token() {
                     LISTENER | METRICS_LISTENER => self.guarded(None, |s| s.accept_all(now)),
                     SIGNALS => self.on_signal(now),
+                    // Its completion is taken at step 7.
+                    STORE => {}
                     token => {
                         let writable = event.is_writable() || event.is_error();
                         let closed = event.is_read_closed() || event.is_error();
@@ -255,16 +296,17 @@ impl Server {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
         if outcome.is_err() {
             log::error!("BUG: a panic while serving (see above); dropping the connection involved");
-            // A batch cut short must not stay open, or every later write would fail; its
-            // writers were never answered, and are closed rather than left waiting.
-            self.ctx.store.rollback_if_open();
+            // Writers in neither the queued batch nor the one in flight were never answered,
+            // and are closed rather than left waiting.
             let batch = &self.ctx.batch;
+            let in_flight = self.in_flight.as_deref().unwrap_or(&[]);
             let orphans: Vec<ConnKey> = self
                 .conns
                 .iter()
                 .filter(|(k, c)| {
                     matches!(c.phase, Phase::Committing)
                         && !batch.iter().any(|w| w.key.index() == *k)
+                        && !in_flight.iter().any(|w| w.index() == *k)
                 })
                 .map(|(k, c)| ConnKey::new(k, c.gen))
                 .collect();
@@ -280,7 +322,8 @@ impl Server {
 
     fn poll_timeout(&self, now: Now) -> Option<Duration> {
         if !self.ctx.again.is_empty()
-            || !self.ctx.batch.is_empty()
+            || (!self.ctx.batch.is_empty() && self.in_flight.is_none())
+            || !self.ctx.loads_wanted.is_empty()
             || self.accept_more
             || !self.ctx.to_close.is_empty()
         {
@@ -463,6 +506,22 @@ impl Server {
     }
 
     fn finish_shutdown(&mut self) {
+        // Writes still queued or in flight were never answered; they are committed all the
+        // same if the store answers in time (bounded: two batches at most).
+        for _ in 0..2 {
+            let now = self.ctx.now();
+            if self.in_flight.is_some() {
+                let done = self.store_thread.as_ref().and_then(|t| t.wait(Duration::from_secs(1)));
+                match done {
+                    Some(done) => self.finish_batch(done, now),
+                    None => break,
+                }
+            }
+            if self.ctx.batch.is_empty() {
+                break;
+            }
+            self.send_batch(now);
+        }
         let left = self.conns.len();
         if left > 0 {
             log::warn!("shutdown: {left} connections did not close in time; closing them now");
@@ -472,6 +531,9 @@ impl Server {
             verdict::close_later(conn, key, &mut self.ctx, CloseReason::Shutdown);
         }
         self.reap();
+        if let Some(thread) = self.store_thread.as_mut() {
+            thread.stop();
+        }
         log::info!("stopped; every acknowledged write is committed");
     }
 
@@ -490,16 +552,80 @@ impl Server {
         self.ctx.due = due;
     }
 
-    /// Step 7: the batch goes to the store; its completion is answered and fanned out.
+    /// Step 7: the batch in flight, if it has come back, is answered and fanned out; then
+    /// the writes queued meanwhile leave as the next batch.
     fn commit_batch(&mut self, now: Now) {
-        if self.ctx.batch.is_empty() {
-            return;
+        for _ in 0..STORE_ANSWERS_PER_TURN {
+            match self.store_thread.as_ref().and_then(|t| t.take()) {
+                Some(store_thread::Done::Batch(done)) => self.finish_batch(done, now),
+                Some(store_thread::Done::Loaded(user, load)) => {
+                    self.ctx.loading.remove(&user);
+                    self.ctx.store.fill(user, load);
+                    self.serve_parked(now);
+                    self.ctx.store.done_with(user);
+                }
+                None => break,
+            }
         }
-        let batch = std::mem::take(&mut self.ctx.batch);
-        let began = std::time::Instant::now();
-        let done = commit::commit(&self.ctx.store, batch, now.epoch_ms);
-        self.ctx.metrics.count_commit_latency(began.elapsed());
+        for (user, after) in std::mem::take(&mut self.ctx.loads_wanted) {
+            let asked = self.store_thread.as_ref().is_some_and(|t| t.load(user, after));
+            if !asked {
+                self.ctx.loading.remove(&user);
+                let why = "the store thread has stopped".to_string();
+                self.ctx.store.fill(user, Err(crate::store::StoreError::Unavailable(why)));
+                self.serve_parked(now);
+                self.ctx.store.done_with(user);
+            }
+        }
+        if self.in_flight.is_none() && !self.ctx.batch.is_empty() {
+            self.send_batch(now);
+        }
+    }
+
+    fn send_batch(&mut self, now: Now) {
+        let mut batch = std::mem::take(&mut self.ctx.batch);
+        if self.sort_batches {
+            // Stable: a user's own writes keep their order; each write has its own answer.
+            batch.sort_by_key(|w| w.user());
+        }
+        self.ctx.busy_users.extend(batch.iter().map(|w| w.user()));
+        self.in_flight = Some(batch.iter().map(|w| w.key).collect());
+        let sent = match &self.store_thread {
+            Some(thread) => thread.send(batch, now.epoch_ms),
+            None => Err(batch),
+        };
+        if let Err(batch) = sent {
+            let why = "the store thread has stopped".to_string();
+            let done = commit::not_stored(batch, crate::store::StoreError::Unavailable(why));
+            self.finish_batch(done, now);
+        }
+    }
+
+    /// A batch is back: its users' views are read afresh from now on, it is answered, and
+    /// the requests parked behind it are served (before the next batch leaves, so that a
+    /// user who writes without pause cannot keep their reads waiting).
+    fn finish_batch(&mut self, done: commit::Completion, now: Now) {
+        self.ctx.metrics.count_commit_latency(done.elapsed);
+        self.in_flight = None;
+        for user in self.ctx.busy_users.drain() {
+            self.ctx.store.forget(user);
+        }
         commit::complete(&mut self.conns, &mut self.ctx, done, now);
+        self.serve_parked(now);
+    }
+
+    /// Serves again the requests that waited for the store; those that must wait still park
+    /// again, keeping their first deadline.
+    fn serve_parked(&mut self, now: Now) {
+        let parked = std::mem::take(&mut self.ctx.parked);
+        for (key, since) in parked {
+            self.ctx.parked_since = Some(since);
+            self.on_conn(key, now, |conn, key, ctx, now| {
+                output::on_writable(conn, ctx)
+                    .then(|| requests::on_readable(conn, key, ctx, now, Drain::ToTheEnd))
+            });
+        }
+        self.ctx.parked_since = None;
     }
 
     /// The one place connections die, and the one place anything is unlinked from the

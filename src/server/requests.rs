@@ -219,7 +219,7 @@ pub(super) fn read_requests(
     let (consumed, verdict) = serve_buffered(conn, key, ctx, &buf, now);
     let rest = &buf[consumed..];
     // Still reading requests: nothing ended the connection and no stream started.
-    let reading = matches!(verdict, Verdict::Continue | Verdict::Commit(..))
+    let reading = matches!(verdict, Verdict::Continue | Verdict::Commit(..) | Verdict::Wait)
         && matches!(conn.phase, Phase::Request);
     let verdict = if gone {
         // Reset: nothing can reach the client any more. A write already queued is still
@@ -233,6 +233,14 @@ pub(super) fn read_requests(
         // The client will send nothing more, but may still read (a half-close): what it
         // asked for is answered, then the connection closes.
         conn.peer_closed = true;
+        if matches!(verdict, Verdict::Wait) {
+            // The parked request is served later: keep it (the EOF is read again then).
+            if let Some(refused) =
+                hold_rest(conn, key, ctx, rest, consumed, started_ms, &verdict, now)
+            {
+                return refused;
+            }
+        }
         match verdict {
             Verdict::Continue if matches!(conn.phase, Phase::Request) => {
                 Verdict::Finish(CloseReason::ClientGone)
@@ -286,7 +294,7 @@ fn hold_rest(
     // Behind a write, the bytes are already read and must be kept: its client is
     // authorized, and they are served once the write is answered.
     let over = ctx.held.unauthorized() + rest.len() > MAX_UNAUTHORIZED_BYTES;
-    if unauthorized && over && !matches!(verdict, Verdict::Commit(..)) {
+    if unauthorized && over && !matches!(verdict, Verdict::Commit(..) | Verdict::Wait) {
         log::warn!("too many half-received requests held: answering a new one 503");
         let response = api::Response::error(
             503,
@@ -331,6 +339,10 @@ fn serve_buffered(
                 return (buf.len(), respond(conn, key, ctx, &response, &Reply::invalid(), now));
             }
             Parse::Complete(request, n) => {
+                if waits_for_store(ctx, &request, now) {
+                    // Left in the buffer, and served when the user's batch is back.
+                    return (used, Verdict::Wait);
+                }
                 used += n;
                 match serve(conn, key, ctx, &request, now) {
                     Verdict::Continue => {}
@@ -340,6 +352,39 @@ fn serve_buffered(
         }
     }
     (used, Verdict::Continue)
+}
+
+/// Whether the request is of a user whose batch is on the store thread. Until that batch's
+/// completion is handled the loop's reader may already see its commit, and a stream opened
+/// then would get its notification twice (in its snapshot, then from the fan-out); a read
+/// would see a write not yet answered. So such a request waits; everyone else's go on.
+///
+/// In cluster mode a request also waits while the store thread loads what it reads of its
+/// user (PostgreSQL is never queried on the loop thread): the load is asked for here.
+fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, now: Now) -> bool {
+    let cached_reads = matches!(ctx.store, crate::backend::Reader::Loaded(_));
+    if ctx.busy_users.is_empty() && !cached_reads {
+        return false;
+    }
+    // A token that does not verify is refused by `api` without reading anything.
+    let Some(claims) = api::bearer_token(request).and_then(|token| {
+        crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
+    }) else {
+        return false;
+    };
+    let user = claims.user;
+    if ctx.busy_users.contains(&user) || ctx.loading.contains(&user) {
+        return true;
+    }
+    let after = (api::Route::of(request.path) == api::Route::Stream)
+        .then(|| api::resume_point(request))
+        .flatten();
+    if ctx.store.needs_load(user, after) {
+        ctx.loading.insert(user);
+        ctx.loads_wanted.push((user, after));
+        return true;
+    }
+    false
 }
 
 fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, now: Now) -> Verdict {
@@ -572,6 +617,17 @@ fn after_answer(
 /// A request-phase connection's deadline passed: a started request gets 408, an idle
 /// connection is closed without a word.
 pub(super) fn on_request_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -> Verdict {
+    if let Some(at) = ctx.parked.iter().position(|(k, _)| *k == key) {
+        // The store did not answer in time (SPEC §7: 503 within 2 s, never a hang).
+        ctx.parked.swap_remove(at);
+        conn.inbuf = None;
+        let response = api::Response::error(
+            503,
+            "storage_unavailable",
+            "the database did not answer in time; nothing was read or stored",
+        );
+        return respond(conn, key, ctx, &response, &Reply::invalid(), now);
+    }
     if conn.inbuf.is_none() {
         return Verdict::Close(CloseReason::Timeout);
     }

@@ -26,6 +26,9 @@ pub(super) enum Verdict {
     Again,
     /// A write waits for this turn's group commit; reading pauses until it is answered.
     Commit(WriteOp, Reply),
+    /// The request at the front (left unread in the connection's buffer) is of a user whose
+    /// batch is on the store thread: it is served when that batch is back.
+    Wait,
     /// End properly: a stream's last chunk, flush, FIN, then linger for the client's EOF.
     Finish(CloseReason),
     /// Drop the connection at this turn's reap.
@@ -51,6 +54,11 @@ pub(super) fn carry_out(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, verdict: V
     match verdict {
         Verdict::Continue => {}
         Verdict::Again => ctx.again.push(key),
+        Verdict::Wait => {
+            let since = ctx.parked_since.unwrap_or(now.mono_ms);
+            ctx.parked.push((key, since));
+            ctx.wheel.schedule(key, since + super::PARK_DEADLINE_MS);
+        }
         Verdict::Commit(op, reply) => {
             conn.await_commit();
             ctx.batch.push(QueuedWrite { key, op, reply });
@@ -117,6 +125,7 @@ mod tests {
             Verdict::Continue => "continue",
             Verdict::Again => "again",
             Verdict::Commit(..) => "commit",
+            Verdict::Wait => "wait",
             Verdict::Finish(_) => "finish",
             Verdict::Close(_) => "close",
         }

@@ -14,6 +14,12 @@
 //! This relies on periode-sse being the only writer of its database, which the lock taken at
 //! open (`open.rs`) makes sure of.
 //!
+//! The writing `Store` lives on the server's store thread; the loop reads through a second,
+//! read-only `Store` (`open_reader`: WAL lets it read while a commit is under way). The
+//! reader's cache is kept true by the loop, which `forget`s every user of a batch when the
+//! batch's completion comes back, and reads nothing of a user while a batch of theirs is in
+//! flight (so no read can see a commit whose completion has not been handled yet).
+//!
 //! Files: `open.rs` (the start-up checks, the lock, and the watch on the file while running),
 //! `schema.rs` (the schema and its versions), `backup.rs` (`periode-sse backup`).
 
@@ -48,6 +54,9 @@ pub enum StoreError {
     /// The disk or the quota is full (`SQLITE_FULL`). HTTP `507` (or `503`).
     Full,
     Sql(rusqlite::Error),
+    /// PostgreSQL (cluster mode): unreachable, or a statement failed. Already masked.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pg::PgError),
 }
 
 impl fmt::Display for StoreError {
@@ -57,6 +66,8 @@ impl fmt::Display for StoreError {
             StoreError::Refused(why) | StoreError::Unavailable(why) => f.write_str(why),
             StoreError::Full => f.write_str("the database's disk (or quota) is full"),
             StoreError::Sql(e) => write!(f, "database error: {e}"),
+            #[cfg(feature = "postgres")]
+            StoreError::Postgres(e) => write!(f, "{e}"),
         }
     }
 }
@@ -113,7 +124,8 @@ struct UserView {
 
 pub struct Store {
     db: Connection,
-    file: open::DbFile,
+    /// The locked file; `None` for a reader, which never commits.
+    file: Option<open::DbFile>,
     /// Committed views. `None` values remember users that do not exist.
     cache: RefCell<HashMap<UserId, Option<UserView>>>,
     in_batch: Cell<bool>,
@@ -153,11 +165,45 @@ impl Store {
         file.note_wal();
         Ok(Store {
             db,
-            file,
+            file: Some(file),
             cache: RefCell::new(HashMap::new()),
             in_batch: Cell::new(false),
             overlay: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// A read-only connection to the same file, for the loop's reads while this store writes
+    /// on another thread. It takes no lock and never writes; its cache is emptied by `forget`.
+    pub fn open_reader(&self) -> Result<Store> {
+        let Some(file) = &self.file else {
+            return Err(StoreError::Refused("a reader cannot open another reader".to_string()));
+        };
+        let shown = file.path.display().to_string();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = Connection::open_with_flags(&file.path, flags)
+            .map_err(|e| StoreError::Open(shown.clone(), e))?;
+        // A WAL reader waits only while SQLite recovers or restarts the WAL: briefly, and the
+        // loop must never wait long.
+        db.busy_timeout(std::time::Duration::from_millis(200))
+            .map_err(|e| StoreError::Open(shown.clone(), e))?;
+        db.set_prepared_statement_cache_capacity(16);
+        Ok(Store {
+            db,
+            file: None,
+            cache: RefCell::new(HashMap::new()),
+            in_batch: Cell::new(false),
+            overlay: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Drops the cached view of `user`: a batch of theirs was committed elsewhere.
+    pub fn forget(&self, user: UserId) {
+        self.cache.borrow_mut().remove(&user);
+    }
+
+    /// Drops every cached view.
+    pub fn forget_all(&self) {
+        self.cache.borrow_mut().clear();
     }
 
     fn view(&self, user: UserId) -> Result<Option<UserView>> {
@@ -299,12 +345,15 @@ impl Store {
     /// Makes the batch durable, or undoes it whole: after an error no transaction is left
     /// open, so the caller's `rollback` finds nothing to undo.
     pub fn commit(&self) -> Result<()> {
-        let done = self.file.check().and_then(|()| Ok(self.db.execute_batch("COMMIT")?));
+        let checked = self.file.as_ref().map_or(Ok(()), |f| f.check());
+        let done = checked.and_then(|()| Ok(self.db.execute_batch("COMMIT")?));
         if let Err(e) = done {
             self.rollback();
             return Err(e);
         }
-        self.file.note_wal();
+        if let Some(file) = &self.file {
+            file.note_wal();
+        }
         self.in_batch.set(false);
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= MAX_CACHED_USERS {
@@ -552,6 +601,29 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");
         (Store::open(&path).unwrap(), dir)
+    }
+
+    /// The loop's reader sees the writer's commits once it forgets the user's cached view,
+    /// and never writes.
+    #[test]
+    fn a_reader_sees_commits_after_forgetting_and_cannot_write() {
+        let (store, dir) = temp_store("reader");
+        let reader = store.open_reader().unwrap();
+        let user = UserId(7);
+        assert_eq!(reader.user_active(user).unwrap(), None);
+        store.begin().unwrap();
+        store.put_user(user, true).unwrap();
+        store.insert_notification(user, "{}").unwrap();
+        store.commit().unwrap();
+        // Cached from before the commit until the loop forgets it.
+        assert_eq!(reader.user_active(user).unwrap(), None);
+        reader.forget(user);
+        assert_eq!(reader.user_active(user).unwrap(), Some(true));
+        assert_eq!(reader.last_notification_id(user).unwrap(), 1);
+        assert!(reader.begin().and_then(|()| reader.put_user(UserId(8), true)).is_err());
+        reader.rollback();
+        assert!(reader.open_reader().is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

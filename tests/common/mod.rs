@@ -9,6 +9,7 @@
 
 mod helpers;
 pub use helpers::*;
+pub mod pg;
 
 pub use periode_kit::http::Response;
 pub use periode_kit::rng::Rng;
@@ -133,7 +134,12 @@ impl Server {
         let db = dir.0.join("test.db");
         let listen = opts.listen.unwrap_or_else(|| "127.0.0.1:0".to_string());
         let mut cmd = Command::new(BIN);
-        cmd.arg("--db").arg(&db).arg("--listen").arg(&listen).args(opts.args);
+        if pg::enabled() {
+            cmd.arg("--db").arg(pg::database_for(&dir.0));
+        } else {
+            cmd.arg("--db").arg(&db);
+        }
+        cmd.arg("--listen").arg(&listen).args(opts.args);
         cmd.env_remove("JWT_SECRET")
             .env_remove("JWT_SECRET_PREVIOUS")
             .env_remove("RUST_LOG")

@@ -1,0 +1,143 @@
+//! The store thread: where batches are committed, so that the loop never waits for the disk.
+//!
+//! The loop hands it one batch at a time (`send`), and in cluster mode the reads its cache
+//! misses (`load`: PostgreSQL is never queried from the loop thread); the thread applies a batch with
+//! `commit::commit`, sends the `Completion` back over a channel and wakes the loop through a
+//! `mio::Waker` on its own token; the loop picks it up with `take` and answers it with
+//! `commit::complete`. Meanwhile the loop keeps serving: heartbeats, connects, reads, and the
+//! next batch forming. One batch is in flight at a time, which keeps per-user order and group
+//! commit (everything that arrived while one batch was on disk goes in the next).
+//!
+//! The thread owns the writing `Store` and nothing else: it never touches a socket. A panic in
+//! a commit (a bug) is caught here, the transaction rolled back and the batch answered as not
+//! stored, so one bad write cannot leave the server without a store.
+
+use super::commit::{self, Completion, QueuedWrite};
+use crate::backend::{Backend as Store, Load};
+use crate::domain::UserId;
+use crate::store::{self, StoreError};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+enum Job {
+    Commit { writes: Vec<QueuedWrite>, now_ms: i64 },
+    Load { user: UserId, after: Option<u64> },
+}
+
+/// What comes back.
+pub(super) enum Done {
+    Batch(Completion),
+    Loaded(UserId, store::Result<Load>),
+}
+
+pub(super) struct StoreThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<Done>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl StoreThread {
+    pub(super) fn spawn(store: Store, waker: Arc<mio::Waker>) -> std::io::Result<StoreThread> {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel::<Done>();
+        let handle =
+            std::thread::Builder::new().name("periode-sse-store".to_string()).spawn(move || {
+                // Ends when the loop drops its sender (shutdown).
+                while let Ok(job) = job_rx.recv() {
+                    let done = run_job(&store, job);
+                    if done_tx.send(done).is_err() {
+                        return;
+                    }
+                    if let Err(e) = waker.wake() {
+                        log::error!("cannot wake the event loop after a commit: {e}");
+                    }
+                }
+            })?;
+        Ok(StoreThread { jobs: Some(jobs), done, handle: Some(handle) })
+    }
+
+    /// Hands a batch to the thread. If the thread is gone (it cannot be, short of a bug), the
+    /// batch is given back, to be answered as not stored.
+    pub(super) fn send(
+        &self,
+        writes: Vec<QueuedWrite>,
+        now_ms: i64,
+    ) -> Result<(), Vec<QueuedWrite>> {
+        match &self.jobs {
+            Some(jobs) => jobs.send(Job::Commit { writes, now_ms }).map_err(|e| match e.0 {
+                Job::Commit { writes, .. } => writes,
+                Job::Load { .. } => Vec::new(),
+            }),
+            None => Err(writes),
+        }
+    }
+
+    /// Asks for `user`'s reads (and the notifications after `after`); `false` if the thread
+    /// is gone.
+    pub(super) fn load(&self, user: UserId, after: Option<u64>) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::Load { user, after }).is_ok())
+    }
+
+    /// What has come back, if anything.
+    pub(super) fn take(&self) -> Option<Done> {
+        match self.done.try_recv() {
+            Ok(done) => Some(done),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => None,
+        }
+    }
+
+    /// Waits at most `wait` for the batch in flight (at shutdown: every acknowledged write is
+    /// already durable, but one in flight should still land before the process exits).
+    pub(super) fn wait(&self, wait: Duration) -> Option<Completion> {
+        let deadline = std::time::Instant::now() + wait;
+        // Loads that come back meanwhile are of no use any more: skipped (bounded by time).
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.done.recv_timeout(left).ok()? {
+                Done::Batch(done) => return Some(done),
+                Done::Loaded(..) => {}
+            }
+        }
+    }
+
+    /// Stops the thread once it has finished what it holds.
+    pub(super) fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                log::error!("the store thread ended with a panic");
+            }
+        }
+    }
+}
+
+fn run_job(store: &Store, job: Job) -> Done {
+    let (writes, now_ms) = match job {
+        Job::Commit { writes, now_ms } => (writes, now_ms),
+        Job::Load { user, after } => {
+            let load =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load(user, after)));
+            let load = load.unwrap_or_else(|_| {
+                log::error!("BUG: a panic while reading user {user} (see above)");
+                Err(StoreError::Unavailable("an internal error stopped the read".to_string()))
+            });
+            return Done::Loaded(user, load);
+        }
+    };
+    let began = std::time::Instant::now();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        commit::apply_all(store, &writes, now_ms)
+    }));
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            log::error!("BUG: a panic while committing a batch (see above); nothing stored");
+            store.rollback_if_open();
+            Err(StoreError::Unavailable("an internal error stopped the commit".to_string()))
+        }
+    };
+    Done::Batch(commit::Completion::new(writes, outcome, began.elapsed()))
+}
