@@ -808,6 +808,20 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_wal_alone_refuses_commits() {
+        let (store, dir) = temp_store("wal");
+        store.begin().unwrap();
+        store.put_user(UserId(1), true).unwrap();
+        store.commit().unwrap();
+        std::fs::remove_file(dir.join("t.db-wal")).unwrap();
+        store.begin().unwrap();
+        store.put_user(UserId(2), true).unwrap();
+        let err = store.commit().unwrap_err().to_string();
+        assert!(err.contains("write-ahead log") && err.contains("t.db-wal"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn a_full_disk_is_its_own_error_and_leaves_no_transaction_open() {
         let (store, dir) = temp_store("full");
         let pages: i64 = store.db.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
