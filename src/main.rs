@@ -123,7 +123,5 @@ fn serve(config: Config) -> Result<(), String> {
         config.max_conns_per_user
     );
     periode_sse::notify::ready(&format!("listening on http://{addr}"));
-    let outcome = server.run().map_err(|e| format!("the event loop failed: {e}"));
-    periode_sse::notify::stopping("stopped");
-    outcome
+    server.run().map_err(|e| format!("the event loop failed: {e}"))
 }

@@ -63,6 +63,28 @@ use ctx::{Ctx, Now};
 use requests::Drain;
 use verdict::Verdict;
 
+/// The graceful stop (SPEC §5). SIGQUIT too: nginx and HAProxy operators send it for a
+/// graceful stop, and its default action (a core dump) would cut every stream.
+const STOP_SIGNALS: &[libc::c_int] = &[SIGINT, SIGTERM, libc::SIGQUIT];
+/// Signals whose default action ends the process — every stream cut without its last chunk
+/// (curl error 18 for everyone) — and that an operator or a stray `kill` may send: caught
+/// and logged instead. SIGHUP has no log file to reopen (logs go to stderr); SIGXFSZ
+/// ignored turns a file-size limit into a write error the store reports, not a dead server.
+/// SIGKILL and SIGSTOP cannot be caught, and the fault signals (SEGV, BUS, ILL, FPE) mean a
+/// bug that must not be carried on from.
+const CAUGHT_SIGNALS: &[libc::c_int] = &[
+    SIGHUP,
+    SIGUSR1,
+    SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+];
+
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const METRICS_LISTENER: Token = Token(usize::MAX - 3);
@@ -143,10 +165,7 @@ impl Server {
             }
             None => None,
         };
-        // SIGHUP, SIGUSR1 and SIGUSR2 would kill the process by default, cutting every stream
-        // without its last chunk: they are caught and logged instead (logs go to stderr, so
-        // there is no log file for SIGHUP to reopen).
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])?;
+        let mut signals = Signals::new(STOP_SIGNALS.iter().chain(CAUGHT_SIGNALS).copied())?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
         let reader = store.open_reader().map_err(|e| io::Error::other(e.to_string()))?;
@@ -441,11 +460,13 @@ impl Server {
         let mut stop = false;
         for signal in self.signals.pending() {
             match signal {
-                SIGINT | SIGTERM => stop = true,
+                s if STOP_SIGNALS.contains(&s) => stop = true,
                 SIGHUP => log::info!(
                     "SIGHUP: nothing to reload or reopen (logs go to stderr); carrying on"
                 ),
-                _ => log::info!("signal {signal} ignored; SIGTERM or SIGINT stops the server"),
+                _ => log::info!(
+                    "signal {signal} ignored; SIGTERM, SIGINT or SIGQUIT stops the server"
+                ),
             }
         }
         if stop && self.ctx.shutdown_deadline.is_none() {
@@ -454,6 +475,8 @@ impl Server {
     }
 
     fn begin_shutdown(&mut self, now: Now) {
+        // systemd: the stop has begun (not when it ends), so `systemctl status` says so.
+        crate::notify::stopping("stopping: ending every stream");
         log::info!(
             "shutting down: {} connections, {} streams open; ending every stream",
             self.conns.len(),
