@@ -301,11 +301,15 @@ impl Reader {
     }
 
     /// After the requests that waited for `user`'s load are served: the replay and the
-    /// failure were theirs only.
-    pub fn done_with(&self, user: UserId) {
+    /// failure were theirs only, and the view too unless `keep` (nothing may have changed it
+    /// since the load was asked for, and the feed that would say so is heard).
+    pub fn done_with(&self, user: UserId, keep: bool) {
         if let Reader::Loaded(loaded) = self {
             loaded.failures.borrow_mut().remove(&user);
             loaded.replays.borrow_mut().remove(&user);
+            if !keep {
+                loaded.views.borrow_mut().remove(&user);
+            }
         }
     }
 
