@@ -180,6 +180,16 @@ impl Backend {
         }
     }
 
+    /// A cheap round trip, for `periode_sse_store_up` while no write says how the store is
+    /// (SQLite: nothing to reach; its commits tell).
+    pub fn ping(&self) -> store::Result<()> {
+        match self {
+            Backend::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => s.ping().map_err(StoreError::Postgres),
+        }
+    }
+
     /// The loop's reader for this backend (see the module comment).
     pub fn open_reader(&self) -> store::Result<Reader> {
         match self {

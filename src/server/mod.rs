@@ -99,6 +99,9 @@ const SOFT_UNSENT_MS: u64 = 5_000;
 /// How long a request may wait for the store (a batch of its user in flight, a load) before
 /// it is answered `503 storage_unavailable`: SPEC §7 says within 2 s.
 const PARK_DEADLINE_MS: u64 = 1_500;
+/// Cluster mode: how often an idle node asks its store whether it answers, so that
+/// `periode_sse_store_up` follows PostgreSQL within 2 s even when nobody writes.
+const PING_EVERY_MS: u64 = 1_000;
 /// How many of the store thread's answers one turn takes (the rest wait for the next).
 const STORE_ANSWERS_PER_TURN: usize = 1024;
 /// How long accept waits after running out of descriptors, when even the spare is gone.
@@ -128,6 +131,8 @@ pub struct Server {
     /// PostgreSQL: a batch's writes are applied in ascending user id, so that two nodes'
     /// batches lock users' rows in one order and cannot deadlock (docs/cluster.md).
     sort_batches: bool,
+    /// Cluster mode: when the next ping of the store is due (monotonic ms); `None` on SQLite.
+    next_ping_ms: Option<u64>,
 }
 
 impl Server {
@@ -184,6 +189,8 @@ impl Server {
             waker,
             in_flight: None,
             sort_batches,
+            // PostgreSQL is the backend that batches are sorted for, and that is pinged.
+            next_ping_ms: sort_batches.then_some(0),
         })
     }
 
@@ -354,6 +361,10 @@ impl Server {
         }
         if let Some(deadline) = self.ctx.shutdown_deadline {
             let left = deadline.saturating_sub(now.mono_ms);
+            wait = Some(wait.map_or(left, |w| w.min(left)));
+        }
+        if let Some(at) = self.next_ping_ms {
+            let left = at.saturating_sub(now.mono_ms);
             wait = Some(wait.map_or(left, |w| w.min(left)));
         }
         // Round up so a sleep never ends a hair before the deadline it waits for.
@@ -591,8 +602,18 @@ impl Server {
                 Some(store_thread::Done::CaughtUp(user, rows)) => {
                     self.on_caught_up(user, rows, now)
                 }
+                Some(store_thread::Done::Pinged(ok)) => self.ctx.store_ok = ok,
                 None => break,
             }
+        }
+        if let Some(at) = self.next_ping_ms.filter(|at| now.mono_ms >= *at) {
+            // Only while idle: a batch in flight says as much about the store.
+            if self.in_flight.is_none() {
+                if let Some(thread) = &self.store_thread {
+                    thread.ping();
+                }
+            }
+            self.next_ping_ms = Some(at.max(now.mono_ms) + PING_EVERY_MS);
         }
         for (user, after) in std::mem::take(&mut self.ctx.catch_ups_wanted) {
             let asked = self.store_thread.as_ref().is_some_and(|t| t.catch_up(user, after));

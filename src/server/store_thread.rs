@@ -25,6 +25,7 @@ enum Job {
     Commit { writes: Vec<QueuedWrite>, now_ms: i64 },
     Load { user: UserId, after: Option<u64> },
     CatchUp { user: UserId, after: u64 },
+    Ping,
 }
 
 /// What comes back.
@@ -33,6 +34,8 @@ pub(super) enum Done {
     Loaded(UserId, store::Result<Load>),
     /// Cluster mode: the kept notifications of a user after an id, or why not.
     CaughtUp(UserId, Result<Vec<(u64, String)>, String>),
+    /// Whether the store answered a ping.
+    Pinged(bool),
 }
 
 pub(super) struct StoreThread {
@@ -71,7 +74,7 @@ impl StoreThread {
         match &self.jobs {
             Some(jobs) => jobs.send(Job::Commit { writes, now_ms }).map_err(|e| match e.0 {
                 Job::Commit { writes, .. } => writes,
-                Job::Load { .. } | Job::CatchUp { .. } => Vec::new(),
+                Job::Load { .. } | Job::CatchUp { .. } | Job::Ping => Vec::new(),
             }),
             None => Err(writes),
         }
@@ -86,6 +89,11 @@ impl StoreThread {
     /// Asks for `user`'s kept notifications after `after`; `false` if the thread is gone.
     pub(super) fn catch_up(&self, user: UserId, after: u64) -> bool {
         self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::CatchUp { user, after }).is_ok())
+    }
+
+    /// Asks whether the store answers; `false` if the thread is gone.
+    pub(super) fn ping(&self) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::Ping).is_ok())
     }
 
     /// What has come back, if anything.
@@ -106,7 +114,7 @@ impl StoreThread {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.done.recv_timeout(left).ok()? {
                 Done::Batch(done) => return Some(done),
-                Done::Loaded(..) | Done::CaughtUp(..) => {}
+                Done::Loaded(..) | Done::CaughtUp(..) | Done::Pinged(_) => {}
             }
         }
     }
@@ -133,6 +141,10 @@ fn run_job(store: &Store, job: Job) -> Done {
                 Err(StoreError::Unavailable("an internal error stopped the read".to_string()))
             });
             return Done::Loaded(user, load);
+        }
+        Job::Ping => {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.ping()));
+            return Done::Pinged(matches!(ok, Ok(Ok(()))));
         }
         Job::CatchUp { user, after } => {
             let mut rows = Vec::new();
