@@ -35,3 +35,17 @@ cargo test --features postgres --lib --quiet pg::
 
 step "pg integration tests (real PostgreSQL)"
 cargo test --features postgres --test 'pg_*'
+
+step "several nodes on one PostgreSQL"
+cargo test --features postgres --test cluster --test cluster_faults
+
+# The whole integration suite once more, every server on a throwaway PostgreSQL
+# (tests/common/pg.rs). Skipped here, because they inspect or break the SQLite file itself
+# (they run on SQLite in the ordinary `cargo test`): startup (file checks, locks, modes),
+# storage (kill -9 of the file's writes, the <db>.secret file, demo reseeding on one file),
+# storage_faults (deleted files, full disk), backup (a copy of the file), ops (the database
+# file's size on /metrics), cli (the secret file beside the database), systemd.
+step "the integration tests against PostgreSQL"
+PERIODE_SSE_TEST_PG=1 cargo test --features postgres \
+  --test auth --test http --test http_rules --test lifecycle --test properties \
+  --test stream --test stream_rules --test writes

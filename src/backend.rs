@@ -180,6 +180,16 @@ impl Backend {
         }
     }
 
+    /// A cheap round trip, for `periode_sse_store_up` while no write says how the store is
+    /// (SQLite: nothing to reach; its commits tell).
+    pub fn ping(&self) -> store::Result<()> {
+        match self {
+            Backend::Sqlite(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => s.ping().map_err(StoreError::Postgres),
+        }
+    }
+
     /// The loop's reader for this backend (see the module comment).
     pub fn open_reader(&self) -> store::Result<Reader> {
         match self {
@@ -301,11 +311,15 @@ impl Reader {
     }
 
     /// After the requests that waited for `user`'s load are served: the replay and the
-    /// failure were theirs only.
-    pub fn done_with(&self, user: UserId) {
+    /// failure were theirs only, and the view too unless `keep` (nothing may have changed it
+    /// since the load was asked for, and the feed that would say so is heard).
+    pub fn done_with(&self, user: UserId, keep: bool) {
         if let Reader::Loaded(loaded) = self {
             loaded.failures.borrow_mut().remove(&user);
             loaded.replays.borrow_mut().remove(&user);
+            if !keep {
+                loaded.views.borrow_mut().remove(&user);
+            }
         }
     }
 

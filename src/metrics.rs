@@ -93,6 +93,8 @@ pub struct Gauges {
     pub streams_open: usize,
     pub users_with_streams: usize,
     pub max_conns: usize,
+    /// The store can be written and (cluster mode) the other nodes' notifications are heard.
+    pub store_up: bool,
     /// Figures of the process and its files, read by the server at render time; `None`
     /// when they cannot be read (no `/proc`, a file gone).
     pub process: Process,
@@ -151,6 +153,11 @@ impl Metrics {
             g.users_with_streams as u64,
         );
         gauge("periode_sse_max_connections", "The --max-conns in force.", g.max_conns as u64);
+        gauge(
+            "periode_sse_store_up",
+            "1 while the database can be written and (cluster mode) its change feed is heard.",
+            u64::from(g.store_up),
+        );
         gauge(
             "periode_sse_largest_commit_batch",
             "Most writes ever made durable by one commit.",
@@ -343,6 +350,7 @@ mod tests {
             streams_open: 2,
             users_with_streams: 1,
             max_conns: 100,
+            store_up: true,
             process: Process {
                 resident_bytes: Some(4096),
                 open_fds: Some(9),
@@ -392,6 +400,7 @@ mod tests {
             streams_open: 0,
             users_with_streams: 0,
             max_conns: 1,
+            store_up: false,
             process: Process::default(),
         });
         let (mut helped, mut typed) = (Vec::new(), Vec::new());

@@ -95,11 +95,13 @@ pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, 
     let Completion { writes, outcome, .. } = done;
     let (results, failure): (Vec<Option<Applied>>, _) = match outcome {
         Ok(results) => {
+            ctx.store_ok = true;
             ctx.metrics.count_commit(writes.len());
             (results.into_iter().map(Some).collect(), (500, "storage_error"))
         }
         Err(e) => {
             ctx.metrics.commit_failures += 1;
+            ctx.store_ok = api::storage_status(&e).0 != 503;
             // The store says once, itself, why it refuses every write (files deleted or
             // replaced, disk full); repeating that per batch would flood the log.
             if matches!(e, StoreError::Unavailable(_) | StoreError::Full) {
@@ -141,7 +143,7 @@ pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, 
             }
         }
         if let Some(note) = &applied.notification {
-            streams::fan_out(conns, ctx, note, now);
+            streams::offer(conns, ctx, note, now);
         }
         if let Some(user) = applied.deactivated {
             streams::end_streams_of(conns, ctx, user, CloseReason::Deactivated, now);

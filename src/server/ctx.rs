@@ -75,9 +75,18 @@ pub(super) struct Ctx {
     /// its first deadline.
     pub(super) parked_since: Option<u64>,
     /// Cluster mode: users whose load is on the store thread…
-    pub(super) loading: std::collections::HashSet<UserId>,
+    pub(super) loading: std::collections::HashMap<UserId, u64>,
     /// …and loads asked for this turn, sent at step 7.
     pub(super) loads_wanted: Vec<(UserId, Option<u64>)>,
+    /// Cluster mode: the change feed and the gap tracker (always `None` on SQLite).
+    pub(super) feed: Option<super::feed::Feed>,
+    /// Catch-ups asked for this turn (user, after), sent at step 7.
+    pub(super) catch_ups_wanted: Vec<(UserId, u64)>,
+    /// The last commit reached the store (a `503` batch sets it to `false`).
+    pub(super) store_ok: bool,
+    /// Counts what may have made a cached read stale (feed events, outages): a load that
+    /// saw it change while in flight is used once and not kept.
+    pub(super) feed_epoch: u64,
 }
 
 impl Ctx {
@@ -123,6 +132,10 @@ impl Ctx {
             parked_since: None,
             loading: Default::default(),
             loads_wanted: Vec::new(),
+            feed: None,
+            catch_ups_wanted: Vec::new(),
+            store_ok: true,
+            feed_epoch: 0,
         }
     }
 
@@ -174,9 +187,19 @@ impl Ctx {
             streams_open: self.registry.total(),
             users_with_streams: self.registry.users(),
             max_conns: self.max_conns,
+            store_up: self.store_up(),
             process: process_figures(&self.config.db, self.started_epoch_secs),
         };
         self.metrics.render(&gauges)
+    }
+
+    /// `periode_sse_store_up`: writes reach the store and, in cluster mode, the feed is up.
+    pub(super) fn store_up(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(feed) = &self.feed {
+            return self.store_ok && feed.up;
+        }
+        self.store_ok
     }
 
     pub(super) fn random_below(&mut self, bound: u64) -> u64 {

@@ -52,6 +52,7 @@ use std::time::Duration;
 
 mod commit;
 mod ctx;
+mod feed;
 mod head;
 mod output;
 mod requests;
@@ -88,8 +89,12 @@ const CAUGHT_SIGNALS: &[libc::c_int] = &[
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const METRICS_LISTENER: Token = Token(usize::MAX - 3);
-/// The store thread's waker: a batch has come back.
-const STORE: Token = Token(usize::MAX - 4);
+/// The one waker (mio allows one per poll), shared by the store thread (something came back)
+/// and, in cluster mode, the listener (other nodes' notifications, outages).
+const WAKE: Token = Token(usize::MAX - 4);
+/// How many of the listener's messages one turn takes.
+#[cfg(feature = "postgres")]
+const FEED_MESSAGES_PER_TURN: usize = 4096;
 
 const FRESH_TIMEOUT_MS: u64 = 10_000;
 const KEEP_ALIVE_TIMEOUT_MS: u64 = 15_000;
@@ -116,6 +121,9 @@ const SOFT_UNSENT_MS: u64 = 5_000;
 /// How long a request may wait for the store (a batch of its user in flight, a load) before
 /// it is answered `503 storage_unavailable`: SPEC §7 says within 2 s.
 const PARK_DEADLINE_MS: u64 = 1_500;
+/// Cluster mode: how often an idle node asks its store whether it answers, so that
+/// `periode_sse_store_up` follows PostgreSQL within 2 s even when nobody writes.
+const PING_EVERY_MS: u64 = 1_000;
 /// How many of the store thread's answers one turn takes (the rest wait for the next).
 const STORE_ANSWERS_PER_TURN: usize = 1024;
 /// How long accept waits after running out of descriptors, when even the spare is gone.
@@ -145,6 +153,8 @@ pub struct Server {
     /// PostgreSQL: a batch's writes are applied in ascending user id, so that two nodes'
     /// batches lock users' rows in one order and cannot deadlock (docs/cluster.md).
     sort_batches: bool,
+    /// Cluster mode: when the next ping of the store is due (monotonic ms); `None` on SQLite.
+    next_ping_ms: Option<u64>,
 }
 
 impl Server {
@@ -167,9 +177,20 @@ impl Server {
         };
         let mut signals = Signals::new(STOP_SIGNALS.iter().chain(CAUGHT_SIGNALS).copied())?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
         let reader = store.open_reader().map_err(|e| io::Error::other(e.to_string()))?;
         let sort_batches = !matches!(store, Backend::Sqlite(_));
+        #[cfg(feature = "postgres")]
+        let feed = match &store {
+            Backend::Postgres(pg) => Some(feed::Feed::spawn(pg.uri().clone(), waker.clone())?),
+            Backend::Sqlite(_) => None,
+        };
+        #[allow(unused_mut)]
+        let mut ctx = Ctx::new(config, reader, secret, max_conns, READ_CHUNK);
+        #[cfg(feature = "postgres")]
+        {
+            ctx.feed = feed;
+        }
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -177,7 +198,7 @@ impl Server {
             signals,
             conns: Slab::with_capacity(1024),
             next_gen: 1,
-            ctx: Ctx::new(config, reader, secret, max_conns, READ_CHUNK),
+            ctx,
             spare_fd: std::fs::File::open("/dev/null").ok(),
             accept_paused_until: None,
             accept_more: false,
@@ -187,6 +208,8 @@ impl Server {
             waker,
             in_flight: None,
             sort_batches,
+            // PostgreSQL is the backend that batches are sorted for, and that is pinged.
+            next_ping_ms: sort_batches.then_some(0),
         })
     }
 
@@ -250,8 +273,8 @@ impl Server {
                 match event.token() {
                     LISTENER | METRICS_LISTENER => self.guarded(None, |s| s.accept_all(now)),
                     SIGNALS => self.on_signal(now),
-                    // Its completion is taken at step 7.
-                    STORE => {}
+                    // Their messages are taken at step 7.
+                    WAKE => {}
                     token => {
                         let writable = event.is_writable() || event.is_error();
                         let closed = event.is_read_closed() || event.is_error();
@@ -357,6 +380,10 @@ impl Server {
         }
         if let Some(deadline) = self.ctx.shutdown_deadline {
             let left = deadline.saturating_sub(now.mono_ms);
+            wait = Some(wait.map_or(left, |w| w.min(left)));
+        }
+        if let Some(at) = self.next_ping_ms {
+            let left = at.saturating_sub(now.mono_ms);
             wait = Some(wait.map_or(left, |w| w.min(left)));
         }
         // Round up so a sleep never ends a hair before the deadline it waits for.
@@ -557,6 +584,10 @@ impl Server {
         if let Some(thread) = self.store_thread.as_mut() {
             thread.stop();
         }
+        #[cfg(feature = "postgres")]
+        if let Some(feed) = self.ctx.feed.as_mut() {
+            feed.stop();
+        }
         log::info!("stopped; every acknowledged write is committed");
     }
 
@@ -578,16 +609,39 @@ impl Server {
     /// Step 7: the batch in flight, if it has come back, is answered and fanned out; then
     /// the writes queued meanwhile leave as the next batch.
     fn commit_batch(&mut self, now: Now) {
+        #[cfg(feature = "postgres")]
+        self.on_feed(now);
         for _ in 0..STORE_ANSWERS_PER_TURN {
             match self.store_thread.as_ref().and_then(|t| t.take()) {
                 Some(store_thread::Done::Batch(done)) => self.finish_batch(done, now),
                 Some(store_thread::Done::Loaded(user, load)) => {
-                    self.ctx.loading.remove(&user);
+                    let asked_at = self.ctx.loading.remove(&user);
                     self.ctx.store.fill(user, load);
                     self.serve_parked(now);
-                    self.ctx.store.done_with(user);
+                    // Kept only if nothing may have changed it since it was asked for.
+                    let fresh = asked_at == Some(self.ctx.feed_epoch) && self.feed_is_up();
+                    self.ctx.store.done_with(user, fresh);
                 }
+                Some(store_thread::Done::CaughtUp(user, rows)) => {
+                    self.on_caught_up(user, rows, now)
+                }
+                Some(store_thread::Done::Pinged(ok)) => self.ctx.store_ok = ok,
                 None => break,
+            }
+        }
+        if let Some(at) = self.next_ping_ms.filter(|at| now.mono_ms >= *at) {
+            // Only while idle: a batch in flight says as much about the store.
+            if self.in_flight.is_none() {
+                if let Some(thread) = &self.store_thread {
+                    thread.ping();
+                }
+            }
+            self.next_ping_ms = Some(at.max(now.mono_ms) + PING_EVERY_MS);
+        }
+        for (user, after) in std::mem::take(&mut self.ctx.catch_ups_wanted) {
+            let asked = self.store_thread.as_ref().is_some_and(|t| t.catch_up(user, after));
+            if !asked {
+                self.on_caught_up(user, Err("the store thread has stopped".to_string()), now);
             }
         }
         for (user, after) in std::mem::take(&mut self.ctx.loads_wanted) {
@@ -597,7 +651,7 @@ impl Server {
                 let why = "the store thread has stopped".to_string();
                 self.ctx.store.fill(user, Err(crate::store::StoreError::Unavailable(why)));
                 self.serve_parked(now);
-                self.ctx.store.done_with(user);
+                self.ctx.store.done_with(user, false);
             }
         }
         if self.in_flight.is_none() && !self.ctx.batch.is_empty() {
@@ -637,6 +691,93 @@ impl Server {
         self.serve_parked(now);
     }
 
+    /// Whether cached reads can be trusted across requests: always on SQLite (one writer);
+    /// in cluster mode only while the feed is heard.
+    fn feed_is_up(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(feed) = &self.ctx.feed {
+            return feed.up;
+        }
+        true
+    }
+
+    /// Cluster mode: what the listener heard since the last turn.
+    #[cfg(feature = "postgres")]
+    fn on_feed(&mut self, now: Now) {
+        use crate::pg::{Event, Heard};
+        for _ in 0..FEED_MESSAGES_PER_TURN {
+            let Some(heard) = self.ctx.feed.as_ref().and_then(|f| f.heard.try_recv().ok()) else {
+                return;
+            };
+            let Some(feed) = self.ctx.feed.as_mut() else { return };
+            match heard {
+                Heard::Up => {
+                    feed.up = true;
+                    log::info!("PostgreSQL change feed up: hearing the other nodes");
+                }
+                Heard::Down(why) => {
+                    feed.up = false;
+                    self.ctx.feed_epoch += 1;
+                    self.ctx.store.forget_all();
+                    log::warn!("PostgreSQL change feed lost ({why}); reconnecting");
+                }
+                Heard::CatchUp | Heard::Unreadable => {
+                    self.ctx.feed_epoch += 1;
+                    self.ctx.store.forget_all();
+                    let all = feed.catch_up_all();
+                    self.ctx.catch_ups_wanted.extend(all);
+                }
+                Heard::Event(event) => {
+                    self.ctx.feed_epoch += 1;
+                    self.ctx.store.forget(event.user());
+                    match event {
+                        Event::Notification { user, id, data } => {
+                            let note = crate::writes::Notification { user, id, data };
+                            streams::offer(&mut self.conns, &mut self.ctx, &note, now);
+                        }
+                        Event::ActiveChanged { user, active: false } => {
+                            streams::end_streams_of(
+                                &mut self.conns,
+                                &mut self.ctx,
+                                user,
+                                CloseReason::Deactivated,
+                                now,
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A catch-up is back: its rows are pushed in order, except those already pushed.
+    fn on_caught_up(&mut self, user: crate::domain::UserId, rows: CaughtUp, now: Now) {
+        #[cfg(feature = "postgres")]
+        {
+            match rows {
+                Ok(rows) => {
+                    for (id, data) in rows {
+                        let push =
+                            self.ctx.feed.as_mut().is_some_and(|f| f.offer_caught_up(user, id));
+                        if push {
+                            let note = crate::writes::Notification { user, id, data };
+                            streams::fan_out(&mut self.conns, &mut self.ctx, &note, now);
+                        }
+                    }
+                }
+                // Left for the next gap or reconnect to ask again.
+                Err(why) => log::warn!("catch-up of user {user} failed: {why}"),
+            }
+            let again = self.ctx.feed.as_mut().and_then(|f| f.finish_catch_up(user));
+            if let Some(after) = again {
+                self.ctx.catch_ups_wanted.push((user, after));
+            }
+        }
+        #[cfg(not(feature = "postgres"))]
+        let _ = (user, rows, now);
+    }
+
     /// Serves again the requests that waited for the store; those that must wait still park
     /// again, keeping their first deadline.
     fn serve_parked(&mut self, now: Now) {
@@ -654,8 +795,9 @@ impl Server {
     /// The one place connections die, and the one place anything is unlinked from the
     /// registry and the wheel.
     fn reap(&mut self) {
-        for (key, user) in self.ctx.ended.drain(..) {
+        for (key, user) in std::mem::take(&mut self.ctx.ended) {
             let open = self.ctx.registry.remove(user, key);
+            self.untrack_if_last(user, open);
             log::info!("SSE client removed for user {user} ({open} open)");
         }
         let mut to_close = std::mem::take(&mut self.ctx.to_close);
@@ -678,6 +820,7 @@ impl Server {
                     }
                     log::info!("SSE connection closed for user {user}");
                     let open = self.ctx.registry.remove(user, key);
+                    self.untrack_if_last(user, open);
                     log::info!("SSE client removed for user {user} ({open} open)");
                 }
                 Phase::Closing { user: Some(user), .. } => {
@@ -691,6 +834,19 @@ impl Server {
         self.ctx.to_close = to_close;
         self.ctx.conns_open = self.conns.len();
         self.ctx.give_memory_back();
+    }
+}
+
+/// What a catch-up brought back: the rows after the asked id, or why none.
+type CaughtUp = Result<Vec<(u64, String)>, String>;
+
+impl Server {
+    fn untrack_if_last(&mut self, user: crate::domain::UserId, open: usize) {
+        if open == 0 {
+            if let Some(feed) = self.ctx.feed.as_mut() {
+                feed.untrack(user);
+            }
+        }
     }
 }
 

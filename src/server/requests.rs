@@ -327,6 +327,10 @@ fn serve_buffered(
         match http::parse_request(&buf[used..]) {
             Parse::Partial => {
                 if let Some(head) = http::parse_head(&buf[used..]) {
+                    // Answering from the head may read the user (active?): it waits too.
+                    if waits_for_store(ctx, &head, now) {
+                        return (used, Verdict::Wait);
+                    }
                     if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, now) {
                         return (buf.len(), verdict);
                     }
@@ -373,14 +377,14 @@ fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, now: Now) -> bool {
         return false;
     };
     let user = claims.user;
-    if ctx.busy_users.contains(&user) || ctx.loading.contains(&user) {
+    if ctx.busy_users.contains(&user) || ctx.loading.contains_key(&user) {
         return true;
     }
     let after = (api::Route::of(request.path) == api::Route::Stream)
         .then(|| api::resume_point(request))
         .flatten();
     if ctx.store.needs_load(user, after) {
-        ctx.loading.insert(user);
+        ctx.loading.insert(user, ctx.feed_epoch);
         ctx.loads_wanted.push((user, after));
         return true;
     }

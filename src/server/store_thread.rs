@@ -24,12 +24,18 @@ use std::time::Duration;
 enum Job {
     Commit { writes: Vec<QueuedWrite>, now_ms: i64 },
     Load { user: UserId, after: Option<u64> },
+    CatchUp { user: UserId, after: u64 },
+    Ping,
 }
 
 /// What comes back.
 pub(super) enum Done {
     Batch(Completion),
     Loaded(UserId, store::Result<Load>),
+    /// Cluster mode: the kept notifications of a user after an id, or why not.
+    CaughtUp(UserId, Result<Vec<(u64, String)>, String>),
+    /// Whether the store answered a ping.
+    Pinged(bool),
 }
 
 pub(super) struct StoreThread {
@@ -68,7 +74,7 @@ impl StoreThread {
         match &self.jobs {
             Some(jobs) => jobs.send(Job::Commit { writes, now_ms }).map_err(|e| match e.0 {
                 Job::Commit { writes, .. } => writes,
-                Job::Load { .. } => Vec::new(),
+                Job::Load { .. } | Job::CatchUp { .. } | Job::Ping => Vec::new(),
             }),
             None => Err(writes),
         }
@@ -78,6 +84,16 @@ impl StoreThread {
     /// is gone.
     pub(super) fn load(&self, user: UserId, after: Option<u64>) -> bool {
         self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::Load { user, after }).is_ok())
+    }
+
+    /// Asks for `user`'s kept notifications after `after`; `false` if the thread is gone.
+    pub(super) fn catch_up(&self, user: UserId, after: u64) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::CatchUp { user, after }).is_ok())
+    }
+
+    /// Asks whether the store answers; `false` if the thread is gone.
+    pub(super) fn ping(&self) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::Ping).is_ok())
     }
 
     /// What has come back, if anything.
@@ -98,7 +114,7 @@ impl StoreThread {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.done.recv_timeout(left).ok()? {
                 Done::Batch(done) => return Some(done),
-                Done::Loaded(..) => {}
+                Done::Loaded(..) | Done::CaughtUp(..) | Done::Pinged(_) => {}
             }
         }
     }
@@ -125,6 +141,22 @@ fn run_job(store: &Store, job: Job) -> Done {
                 Err(StoreError::Unavailable("an internal error stopped the read".to_string()))
             });
             return Done::Loaded(user, load);
+        }
+        Job::Ping => {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.ping()));
+            return Done::Pinged(matches!(ok, Ok(Ok(()))));
+        }
+        Job::CatchUp { user, after } => {
+            let mut rows = Vec::new();
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.notifications_after(user, after, |id, data| rows.push((id, data.to_string())))
+            }));
+            let rows = match read {
+                Ok(Ok(())) => Ok(rows),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("an internal error stopped the read".to_string()),
+            };
+            return Done::CaughtUp(user, rows);
         }
     };
     let began = std::time::Instant::now();

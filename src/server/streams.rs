@@ -53,7 +53,21 @@ pub(super) fn start(
         };
     }
     let events = match encode_opening(ctx, &mut out, &start, chunked, now) {
-        Ok(events) => events,
+        Ok((events, last_sent)) => {
+            if ctx.feed.is_some() {
+                // Ids after what the opening sent come live (or from a catch-up).
+                let last = match last_sent {
+                    Some(id) => Ok(id),
+                    None => ctx.store.last_notification_id(start.user),
+                };
+                let mark = ctx.feed.as_ref().and_then(|f| f.mark(start.user));
+                let last = last.unwrap_or(0).min(mark.unwrap_or(u64::MAX));
+                if let Some(feed) = ctx.feed.as_mut() {
+                    feed.track(start.user, last);
+                }
+            }
+            events
+        }
         Err(e) => {
             ctx.scratch_out = out;
             let reply = Reply { keep_alive: false, ..reply.clone() };
@@ -90,16 +104,21 @@ pub(super) fn start(
     }
 }
 
-/// `retry:`, `connected`, then the missed notifications or the current status.
+/// `retry:`, `connected`, then the missed notifications or the current status; how many
+/// notifications, and the last id sent. In cluster mode, when the user already streams here,
+/// nothing above the id their streams were last pushed is sent: those ids come live, to
+/// every stream at once.
 fn encode_opening(
     ctx: &Ctx,
     out: &mut Vec<u8>,
     start: &StreamStart,
     chunked: bool,
     now: Now,
-) -> Result<u64, crate::store::StoreError> {
+) -> Result<(u64, Option<u64>), crate::store::StoreError> {
     let retry_ms = ctx.config.retry_ms;
     let mut notifications = 0;
+    let mut last_sent = None;
+    let ceiling = ctx.feed.as_ref().and_then(|f| f.mark(start.user)).unwrap_or(u64::MAX);
     let frame = |out: &mut Vec<u8>, encode: &mut dyn FnMut(&mut Vec<u8>)| {
         if chunked {
             sse::encode_chunk(out, |o| encode(o));
@@ -119,21 +138,44 @@ fn encode_opening(
     match start.resume {
         Resume::After(last) => {
             ctx.store.notifications_after(start.user, last, |id, data| {
+                if id > ceiling {
+                    return;
+                }
                 notifications += 1;
+                last_sent = Some(id);
                 frame(out, &mut |o| sse::encode_event(o, Some(id), "notification", data));
             })?;
+            last_sent = last_sent.or(Some(last));
         }
         Resume::Snapshot => {
             if let Some(status) = ctx.store.active_status(start.user, now.epoch_ms)? {
                 let id = ctx.store.last_notification_id(start.user)?;
-                let mut data = String::with_capacity(256);
-                status.write_notification_json(start.user, now.epoch_ms, &mut data);
-                notifications += 1;
-                frame(out, &mut |o| sse::encode_event(o, Some(id), "notification", &data));
+                if id <= ceiling {
+                    let mut data = String::with_capacity(256);
+                    status.write_notification_json(start.user, now.epoch_ms, &mut data);
+                    notifications += 1;
+                    last_sent = Some(id);
+                    frame(out, &mut |o| sse::encode_event(o, Some(id), "notification", &data));
+                }
             }
         }
     }
-    Ok(notifications)
+    Ok((notifications, last_sent))
+}
+
+/// A notification committed by this node or heard from the feed: pushed once, in id order,
+/// to this node's streams of its user; a skipped id asks for a catch-up instead.
+pub(super) fn offer(conns: &mut Slab<Conn>, ctx: &mut Ctx, note: &Notification, now: Now) {
+    use super::feed::Offer;
+    let offer = match ctx.feed.as_mut() {
+        Some(feed) => feed.offer(note.user, note.id),
+        None => Offer::Push,
+    };
+    match offer {
+        Offer::Push => fan_out(conns, ctx, note, now),
+        Offer::Drop => {}
+        Offer::CatchUp { after } => ctx.catch_ups_wanted.push((note.user, after)),
+    }
 }
 
 /// A stream's one deadline passed: its token expired, or a heartbeat is due.

@@ -6,7 +6,7 @@
 //! suite once this way.
 
 #[path = "../pg_harness/mod.rs"]
-mod pg_harness;
+pub mod pg_harness;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,138 @@
+//! Cluster mode (SPEC §7): two and three real nodes on one throwaway PostgreSQL (one cluster
+//! for this test binary, a fresh database per test). Built only with `--features postgres`;
+//! `scripts/pg-test.sh` runs it.
+#![cfg(feature = "postgres")]
+
+mod common;
+use common::*;
+
+static NEXT_DB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A fresh database on the binary's cluster, as a `--db` URI.
+fn fresh_database() -> String {
+    let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+    pg::cluster().create_db(&format!("cluster_{}_{n}", std::process::id()))
+}
+
+fn node(uri: &str) -> Server {
+    Server::start_with(Options { args: &["--db", uri], ..Options::default() })
+}
+
+/// The next `n` notifications of a stream, as (id, data).
+fn notes(s: &mut Stream, n: usize) -> Vec<(u64, String)> {
+    (0..n)
+        .map(|_| {
+            let ev = next_note(s);
+            (note_id(&ev), ev.data)
+        })
+        .collect()
+}
+
+#[test]
+fn a_write_on_either_node_reaches_both_with_equal_ids_and_resumes_on_the_other() {
+    let uri = fresh_database();
+    let (a, b) = (node(&uri), node(&uri));
+    let token = a.create_user(31);
+    assert_eq!(a.set_month_limit(31, 1000, 80.0).status, 200);
+    let mut on_a = open(&a, &token);
+    let mut on_b = open(&b, &token);
+    // Both open with a snapshot under id 1 (the limit's notification); a snapshot's
+    // timestamp is the time it was read, on each node its own.
+    assert_eq!(notes(&mut on_a, 1)[0].0, 1);
+    assert_eq!(notes(&mut on_b, 1)[0].0, 1);
+    for (i, server) in [&a, &b, &a, &b].into_iter().enumerate() {
+        spend(server, &token, 10 * (i as i64 + 1));
+    }
+    let seen_a = notes(&mut on_a, 4);
+    let seen_b = notes(&mut on_b, 4);
+    assert_eq!(seen_a, seen_b, "both nodes push the same ids and data");
+    assert_eq!(seen_a.iter().map(|n| n.0).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    let last: Value = serde_json::from_str(&seen_a[3].1).expect("json");
+    assert_eq!(last["currentSpending"], json!(100));
+    // Resume on the other node after id 3 (as a client moved by the load balancer).
+    let mut resumed = open_after(&b, &token, "3");
+    assert_eq!(notes(&mut resumed, 2), seen_a[2..].to_vec());
+    assert_quiet(&mut resumed, Duration::from_millis(300));
+    assert_quiet(&mut on_a, Duration::from_millis(100));
+}
+
+#[test]
+fn deactivation_and_limit_changes_take_effect_on_every_node() {
+    let uri = fresh_database();
+    let (a, b) = (node(&uri), node(&uri));
+    let token = a.create_user(32);
+    assert_eq!(a.set_month_limit(32, 1000, 80.0).status, 200);
+    spend(&a, &token, 100);
+    // B learns the user's view, then A changes the limit: B must not answer from a stale one.
+    assert_eq!(status_of(&b, &token)["maxLimit"], json!(1000));
+    assert_eq!(a.set_month_limit(32, 5000, 80.0).status, 200);
+    wait_until("node B sees the new limit", WAIT, || {
+        status_of(&b, &token)["maxLimit"] == json!(5000)
+    });
+    let mut on_b = open(&b, &token);
+    let _snapshot = notes(&mut on_b, 1);
+    let admin = a.admin_token();
+    let r = a.send_json("PUT", "/api/admin/users/32", &admin, r#"{"active":false}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // B's stream ends, and B refuses the user.
+    assert!(on_b.wait_end(WAIT), "node B's stream did not end: {:?}", on_b.body);
+    wait_until("node B refuses the deactivated user", WAIT, || {
+        b.get(HEALTH, Some(&token)).status == 403
+    });
+}
+
+#[test]
+fn concurrent_writers_on_three_nodes_get_contiguous_ids_and_exact_totals() {
+    let uri = fresh_database();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&uri)).collect();
+    let token = nodes[0].create_user(33);
+    assert_eq!(nodes[0].set_month_limit(33, 1_000_000, 80.0).status, 200);
+    let mut streams: Vec<Stream> = nodes.iter().map(|n| open(n, &token)).collect();
+    for s in &mut streams {
+        assert_eq!(notes(s, 1)[0].0, 1);
+    }
+    const PER_NODE: i64 = 10;
+    thread::scope(|scope| {
+        for n in &nodes {
+            let token = token.clone();
+            scope.spawn(move || {
+                for i in 0..PER_NODE {
+                    spend(n, &token, i + 1);
+                }
+            });
+        }
+    });
+    let total = 3 * (1..=PER_NODE).sum::<i64>();
+    let seen: Vec<Vec<(u64, String)>> =
+        streams.iter_mut().map(|s| notes(s, 3 * PER_NODE as usize)).collect();
+    let ids: Vec<u64> = seen[0].iter().map(|n| n.0).collect();
+    assert_eq!(ids, (2..=1 + 3 * PER_NODE as u64).collect::<Vec<_>>(), "ids contiguous");
+    assert!(seen.iter().all(|s| *s == seen[0]), "every node pushed the same notifications");
+    // In id order, the spending never goes back, and ends at the exact total.
+    let spending: Vec<i64> = seen[0]
+        .iter()
+        .map(|(_, data)| {
+            serde_json::from_str::<Value>(data).expect("json")["currentSpending"]
+                .as_i64()
+                .expect("spending")
+        })
+        .collect();
+    assert!(spending.windows(2).all(|w| w[0] < w[1]), "{spending:?}");
+    assert_eq!(spending.last().copied(), Some(total));
+    for n in &nodes {
+        assert_eq!(status_of(n, &token)["currentSpending"], json!(total));
+    }
+}
+
+#[test]
+fn three_nodes_starting_at_once_on_an_empty_database_all_come_up() {
+    let uri = fresh_database();
+    let nodes: Vec<Server> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..3).map(|_| scope.spawn(|| node(&uri))).collect();
+        handles.into_iter().map(|h| h.join().expect("a node started")).collect()
+    });
+    let token = nodes[2].create_user(34);
+    for n in &nodes {
+        assert_eq!(n.health(&token)["status"], json!("healthy"));
+    }
+}
