@@ -37,7 +37,7 @@ step "pg integration tests (real PostgreSQL)"
 cargo test --features postgres --test 'pg_*'
 
 step "several nodes on one PostgreSQL"
-cargo test --features postgres --test cluster --test cluster_faults
+cargo test --features postgres --test cluster --test cluster_faults --test cluster_tickets
 
 # The whole integration suite once more, every server on a throwaway PostgreSQL
 # (tests/common/pg.rs). Skipped here, because they inspect or break the SQLite file itself

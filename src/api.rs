@@ -184,7 +184,8 @@ pub struct Ctx<'a> {
     pub registry: &'a Registry<crate::key::ConnKey>,
     pub config: &'a Config,
     pub secret: &'a crate::jwt::Keys,
-    /// The outstanding stream tickets: minted by `Route::Ticket`, redeemed by `?ticket=`.
+    /// The outstanding stream tickets on SQLite: minted by `Route::Ticket`, redeemed by
+    /// `?ticket=`. In cluster mode (`store.shares_tickets()`) they are PostgreSQL's instead.
     pub tickets: &'a std::cell::RefCell<crate::tickets::Tickets>,
     pub now_ms: i64,
     /// `/metrics` text, rendered by the server only when that route asks for it.
@@ -308,14 +309,14 @@ const INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
 /// a `?ticket=` comes next (SPEC §8), then `access_token`. A ticket gives back the claims of
 /// the token it was minted with, so it is checked as that token would be (the user active).
 fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>, ticket: Ticket) -> Result<jwt::Claims, Response> {
-    let stream_ticket = (req.authorization.is_none() && Route::of(req.path) == Route::Stream)
-        .then(|| http::query_param(req.query, "ticket"))
-        .flatten()
-        .filter(|t| !t.is_empty());
-    let claims = if let Some(text) = stream_ticket {
-        let found = match ticket {
-            Ticket::Redeem => ctx.tickets.borrow_mut().redeem(&text, ctx.now_ms),
-            Ticket::Check => ctx.tickets.borrow().check(&text, ctx.now_ms),
+    let claims = if let Some(text) = stream_ticket(req) {
+        let found = if ctx.store.shares_tickets() {
+            shared_ticket(&text, ctx.store, ticket)?
+        } else {
+            match ticket {
+                Ticket::Redeem => ctx.tickets.borrow_mut().redeem(&text, ctx.now_ms),
+                Ticket::Check => ctx.tickets.borrow().check(&text, ctx.now_ms),
+            }
         };
         found.map_err(|e| {
             let mut response =
@@ -362,11 +363,58 @@ fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>, ticket: Ticket) -> Result<jwt:
     Ok(claims)
 }
 
+/// The `?ticket=` a request presents: read on the stream route only, and only when there is
+/// no `Authorization` header (the header wins); an empty one is no credential.
+pub fn stream_ticket(req: &Request<'_>) -> Option<Vec<u8>> {
+    (req.authorization.is_none() && Route::of(req.path) == Route::Stream)
+        .then(|| http::query_param(req.query, "ticket"))
+        .flatten()
+        .filter(|t| !t.is_empty())
+}
+
+/// Cluster mode: what the store thread answered for this ticket (the request waited for it,
+/// `requests::waits_for_store`): redeemed in PostgreSQL, so it works once on every node.
+/// `Redeem` takes the claims (one request only), `Check` only looks.
+fn shared_ticket(
+    text: &[u8],
+    store: &Store,
+    ticket: Ticket,
+) -> Result<Result<jwt::Claims, crate::tickets::Refusal>, Response> {
+    // Not even the shape of a ticket: the store was never asked.
+    let Some(key) = crate::tickets::shared_key(text).map(crate::backend::TicketKey) else {
+        return Ok(Err(crate::tickets::Refusal::Unknown));
+    };
+    let answer = match ticket {
+        Ticket::Redeem => store.take_redeemed(key),
+        Ticket::Check => store.redeemed(key),
+    };
+    match answer {
+        Some(answer) => answer.map_err(storage_error),
+        // The request was let through without its answer: a bug, answered 503.
+        None => Err(storage_error(crate::store::StoreError::Unavailable(
+            "a stream ticket was not redeemed before its request was served".to_string(),
+        ))),
+    }
+}
+
 /// `POST …/notifications/ticket`: a single-use, 30-second ticket for the caller's claims
-/// (SPEC §8). Any body is ignored. The answer holds a credential: `no-store`.
+/// (SPEC §8). Any body is ignored. The answer holds a credential: `no-store`. In cluster mode
+/// the ticket was minted into PostgreSQL by the store thread while the request waited.
 fn mint_ticket(claims: jwt::Claims, ctx: &Ctx<'_>) -> Result<Response, Response> {
     use crate::tickets::MintError;
-    let minted = ctx.tickets.borrow_mut().mint(claims, ctx.now_ms).map_err(|e| match e {
+    let minted = if ctx.store.shares_tickets() {
+        match ctx.store.take_minted(crate::backend::MintFor::of(claims)) {
+            Some(minted) => minted.map_err(storage_error)?,
+            None => {
+                return Err(storage_error(crate::store::StoreError::Unavailable(
+                    "no stream ticket was minted for this request".to_string(),
+                )))
+            }
+        }
+    } else {
+        ctx.tickets.borrow_mut().mint(claims, ctx.now_ms)
+    };
+    let minted = minted.map_err(|e| match e {
         MintError::UserFull => Response::error(429, "too_many_tickets", &e.to_string()),
         // A policy limit, counted in /metrics (route "ticket", 503); not logged per request,
         // or a flood of minting would flood the log too.

@@ -14,9 +14,11 @@
 //! back, and (cluster mode) on every event of the feed; it never reads a user whose batch is
 //! in flight.
 
-use crate::domain::UserId;
+use crate::domain::{Role, UserId};
+use crate::jwt::Claims;
 use crate::spending::{Limit, Status};
 use crate::store::{self, Store, StoreError, Transaction, WriteRefusal};
+use crate::tickets::{MintError, Minted, Refusal};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -201,7 +203,7 @@ impl Backend {
 
     /// What a read of `user` needs, loaded for the loop's cache (PostgreSQL): the user's view
     /// and, when `after` is given, their kept notifications above it.
-    pub fn load(&self, user: UserId, after: Option<u64>) -> store::Result<Load> {
+    pub fn load(&self, user: UserId, after: Option<u64>) -> store::Result<Reads> {
         let view = match self.user_active(user)? {
             None => None,
             Some(active) => {
@@ -217,8 +219,91 @@ impl Backend {
         if let Some(after) = after {
             self.notifications_after(user, after, |id, data| rows.push((id, data.to_string())))?;
         }
-        Ok(Load { user, view, replay: after.map(|after| Replay { after, rows }) })
+        Ok(Reads { user, view, replay: after.map(|after| Replay { after, rows }) })
     }
+
+    /// What a waiting request asked the store thread for (cluster mode, see `Wanted`).
+    pub fn fetch(&self, wanted: Wanted, after: Option<u64>) -> store::Result<Load> {
+        match (wanted, self) {
+            (Wanted::User(user), _) => self.load(user, after).map(Load::User),
+            #[cfg(feature = "postgres")]
+            (Wanted::Redeem(key), Backend::Postgres(s)) => {
+                match s.redeem_ticket(key.0).map_err(StoreError::Postgres)? {
+                    // The stream that waits for it reads its user next: loaded in the same
+                    // job, so a ticketed stream costs one wait, as a token's does.
+                    Ok(claims) => Ok(Load::Redeemed(Ok((claims, self.load(claims.user, after)?)))),
+                    Err(refusal) => Ok(Load::Redeemed(Err(refusal))),
+                }
+            }
+            #[cfg(feature = "postgres")]
+            (Wanted::Mint(wanted), Backend::Postgres(s)) => {
+                s.mint_ticket(wanted.claims()).map(Load::Minted).map_err(StoreError::Postgres)
+            }
+            // SQLite keeps its tickets in the loop's memory and never asks for these.
+            (Wanted::Redeem(_) | Wanted::Mint(_), _) => Err(StoreError::Unavailable(
+                "stream tickets are not kept in this store".to_string(),
+            )),
+        }
+    }
+
+    /// Cluster mode: deletes the expired stream tickets now and then (called between jobs).
+    pub fn sweep_tickets_if_due(&self) {
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres(s) = self {
+            s.sweep_tickets_if_due();
+        }
+    }
+}
+
+/// What a request waits for while the store thread fetches it (cluster mode: PostgreSQL is
+/// never queried on the loop thread), and the key the loop tracks that wait under.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wanted {
+    /// A user's reads: any request with a token, before `api` reads the user.
+    User(UserId),
+    /// A presented `?ticket=`, by its key: redeemed in the shared table, then its user's
+    /// reads (SPEC §8: a ticket from any node works once on every node).
+    Redeem(TicketKey),
+    /// A fresh ticket for a verified token's claims (`POST …/ticket`).
+    Mint(MintFor),
+}
+
+/// The SHA-256 a shared store keys a ticket by (`tickets::shared_key`). No `Debug`: it is
+/// not the ticket, but nothing about a ticket goes to a log.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TicketKey(pub [u8; 32]);
+
+/// The claims a ticket is minted for, as a key: two requests with the same claims may be
+/// handed either of two tickets minted for them (each gets its own).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MintFor {
+    user: UserId,
+    admin: bool,
+    expires_at: i64,
+}
+
+impl MintFor {
+    pub fn of(claims: Claims) -> MintFor {
+        MintFor {
+            user: claims.user,
+            admin: claims.role == Role::Admin,
+            expires_at: claims.expires_at,
+        }
+    }
+
+    pub fn claims(self) -> Claims {
+        let role = if self.admin { Role::Admin } else { Role::User };
+        Claims { user: self.user, role, expires_at: self.expires_at }
+    }
+}
+
+/// What the store thread fetched for a `Wanted`.
+#[derive(Debug)]
+pub enum Load {
+    User(Reads),
+    /// The ticket's claims and their user's reads, or why it was refused.
+    Redeemed(Result<(Claims, Reads), Refusal>),
+    Minted(Result<Minted, MintError>),
 }
 
 /// Everything a connect or a status read needs of one user.
@@ -233,7 +318,7 @@ pub struct View {
 /// One user's reads as the store thread loaded them: `view` is `None` when the user does not
 /// exist; `replay` the notifications after an id, when one was asked for.
 #[derive(Debug)]
-pub struct Load {
+pub struct Reads {
     pub user: UserId,
     view: Option<View>,
     replay: Option<Replay>,
@@ -248,6 +333,28 @@ struct Replay {
 
 /// Past this many users the cache starts over (a bound, not an eviction policy).
 const MAX_LOADED_USERS: usize = 200_000;
+/// How long a ticket answer waits for the request that asked for it: past the 1.5 s a
+/// request may wait for the store, that request has been answered 503 (or its client left),
+/// and the answer is dropped at the next `fill`.
+const HELD_ANSWER_MS: u128 = 2_000;
+/// A bound on held ticket answers (one per waiting request, so far above any real number).
+const MAX_HELD_ANSWERS: usize = 65_536;
+
+/// A redeemed ticket as the store thread answered, until its request has used it.
+struct HeldRedeem {
+    /// The claims or the refusal; `Err` when the store failed (answered 503).
+    answer: Result<Result<Claims, Refusal>, String>,
+    /// Taken by the request that waited for it: a second look says `Used` until
+    /// `done_with` drops it (after which the shared table says `Unknown`, also a 401).
+    taken: bool,
+    since: std::time::Instant,
+}
+
+/// A minted ticket (or why not), until a request with its claims takes it.
+struct HeldMint {
+    answer: Result<Result<Minted, MintError>, String>,
+    since: std::time::Instant,
+}
 
 /// The loop's cache of PostgreSQL reads, filled by the store thread.
 #[derive(Default)]
@@ -258,6 +365,47 @@ pub struct Loaded {
     /// A load that failed: reads of the user answer 503 with this until the waiting requests
     /// are served (`fill`, serve them, `done_with`).
     failures: RefCell<HashMap<UserId, String>>,
+    /// Stream tickets redeemed in the shared table, by key, for the streams waiting for them.
+    redeemed: RefCell<HashMap<TicketKey, HeldRedeem>>,
+    /// Stream tickets minted in the shared table, for the `POST …/ticket` waiting for them.
+    minted: RefCell<HashMap<MintFor, HeldMint>>,
+}
+
+impl Loaded {
+    fn fill_reads(&self, user: UserId, reads: Reads) {
+        let mut views = self.views.borrow_mut();
+        if views.len() >= MAX_LOADED_USERS {
+            views.clear();
+        }
+        views.insert(user, reads.view);
+        if let Some(replay) = reads.replay {
+            self.replays.borrow_mut().insert(user, replay);
+        }
+    }
+
+    /// Ticket answers whose request is long gone (bounded by what it drops).
+    fn drop_stale_answers(&self) {
+        let stale = |since: &std::time::Instant| since.elapsed().as_millis() >= HELD_ANSWER_MS;
+        let mut redeemed = self.redeemed.borrow_mut();
+        redeemed.retain(|_, held| !stale(&held.since));
+        if redeemed.len() >= MAX_HELD_ANSWERS {
+            redeemed.clear();
+        }
+        let mut minted = self.minted.borrow_mut();
+        minted.retain(|_, held| !stale(&held.since));
+        if minted.len() >= MAX_HELD_ANSWERS {
+            minted.clear();
+        }
+    }
+}
+
+impl HeldRedeem {
+    fn answer(&self) -> store::Result<Result<Claims, Refusal>> {
+        if self.taken {
+            return Ok(Err(Refusal::Used));
+        }
+        self.answer.clone().map_err(StoreError::Unavailable)
+    }
 }
 
 pub enum Reader {
@@ -288,39 +436,127 @@ impl Reader {
         }
     }
 
-    /// Puts a load into the cache, or its failure in place of the user's reads.
-    pub fn fill(&self, user: UserId, load: store::Result<Load>) {
+    /// Puts what the store thread fetched into the cache, or its failure in place of it.
+    pub fn fill(&self, wanted: Wanted, load: store::Result<Load>) {
         let Reader::Loaded(loaded) = self else {
             return;
         };
-        match load {
-            Ok(load) => {
-                let mut views = loaded.views.borrow_mut();
-                if views.len() >= MAX_LOADED_USERS {
-                    views.clear();
-                }
-                views.insert(user, load.view);
-                if let Some(replay) = load.replay {
-                    loaded.replays.borrow_mut().insert(user, replay);
-                }
-            }
-            Err(e) => {
+        loaded.drop_stale_answers();
+        let now = std::time::Instant::now();
+        match (wanted, load) {
+            (Wanted::User(user), Ok(Load::User(reads))) => loaded.fill_reads(user, reads),
+            (Wanted::User(user), Err(e)) => {
                 loaded.failures.borrow_mut().insert(user, e.to_string());
+            }
+            (Wanted::Redeem(key), Ok(Load::Redeemed(Ok((claims, reads))))) => {
+                loaded.fill_reads(claims.user, reads);
+                let held = HeldRedeem { answer: Ok(Ok(claims)), taken: false, since: now };
+                loaded.redeemed.borrow_mut().insert(key, held);
+            }
+            (Wanted::Redeem(key), Ok(Load::Redeemed(Err(refusal)))) => {
+                let held = HeldRedeem { answer: Ok(Err(refusal)), taken: false, since: now };
+                loaded.redeemed.borrow_mut().insert(key, held);
+            }
+            (Wanted::Redeem(key), Err(e)) => {
+                let held = HeldRedeem { answer: Err(e.to_string()), taken: false, since: now };
+                loaded.redeemed.borrow_mut().insert(key, held);
+            }
+            (Wanted::Mint(wanted), load) => {
+                let answer = match load {
+                    Ok(Load::Minted(minted)) => Ok(minted),
+                    Ok(_) => Err("the store answered something else (a bug)".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                loaded.minted.borrow_mut().insert(wanted, HeldMint { answer, since: now });
+            }
+            (Wanted::User(user), Ok(_)) => {
+                let why = "the store answered something else (a bug)".to_string();
+                loaded.failures.borrow_mut().insert(user, why);
+            }
+            (Wanted::Redeem(key), Ok(_)) => {
+                let why = "the store answered something else (a bug)".to_string();
+                let held = HeldRedeem { answer: Err(why), taken: false, since: now };
+                loaded.redeemed.borrow_mut().insert(key, held);
             }
         }
     }
 
-    /// After the requests that waited for `user`'s load are served: the replay and the
-    /// failure were theirs only, and the view too unless `keep` (nothing may have changed it
-    /// since the load was asked for, and the feed that would say so is heard).
-    pub fn done_with(&self, user: UserId, keep: bool) {
-        if let Reader::Loaded(loaded) = self {
+    /// After the requests that waited for `wanted` are served: the replay and the failure
+    /// were theirs only, and the view too unless `keep` (nothing may have changed it since
+    /// the load was asked for, and the feed that would say so is heard). A ticket answer not
+    /// yet taken stays for its request, which waits again (a write of its user in flight):
+    /// the ticket is used up in the shared table, and only that request holds it.
+    pub fn done_with(&self, wanted: Wanted, keep: bool) {
+        let Reader::Loaded(loaded) = self else {
+            return;
+        };
+        let user = match wanted {
+            Wanted::User(user) => Some(user),
+            Wanted::Redeem(key) => {
+                let mut redeemed = loaded.redeemed.borrow_mut();
+                let (user, done) = match redeemed.get(&key) {
+                    Some(held) => match held.answer {
+                        Ok(Ok(claims)) => (Some(claims.user), held.taken),
+                        _ => (None, true),
+                    },
+                    None => (None, false),
+                };
+                if done {
+                    redeemed.remove(&key);
+                }
+                user
+            }
+            Wanted::Mint(wanted) => {
+                let mut minted = loaded.minted.borrow_mut();
+                if minted.get(&wanted).is_some_and(|held| held.answer.is_err()) {
+                    minted.remove(&wanted);
+                }
+                None
+            }
+        };
+        if let Some(user) = user {
             loaded.failures.borrow_mut().remove(&user);
             loaded.replays.borrow_mut().remove(&user);
             if !keep {
                 loaded.views.borrow_mut().remove(&user);
             }
         }
+    }
+
+    /// Whether stream tickets live in the shared store (cluster mode) rather than in the
+    /// loop's memory (`tickets::Tickets`, SQLite).
+    pub fn shares_tickets(&self) -> bool {
+        matches!(self, Reader::Loaded(_))
+    }
+
+    /// The store thread's answer for a presented ticket, if it is here, without taking it.
+    pub fn redeemed(&self, key: TicketKey) -> Option<store::Result<Result<Claims, Refusal>>> {
+        let Reader::Loaded(loaded) = self else { return None };
+        let redeemed = loaded.redeemed.borrow();
+        redeemed.get(&key).map(HeldRedeem::answer)
+    }
+
+    /// The store thread's answer for a presented ticket, taken: the claims go to one
+    /// request only.
+    pub fn take_redeemed(&self, key: TicketKey) -> Option<store::Result<Result<Claims, Refusal>>> {
+        let Reader::Loaded(loaded) = self else { return None };
+        let mut redeemed = loaded.redeemed.borrow_mut();
+        let held = redeemed.get_mut(&key)?;
+        let answer = held.answer();
+        held.taken = true;
+        Some(answer)
+    }
+
+    /// Whether a ticket minted for these claims waits to be taken.
+    pub fn has_minted(&self, wanted: MintFor) -> bool {
+        matches!(self, Reader::Loaded(l) if l.minted.borrow().contains_key(&wanted))
+    }
+
+    /// A ticket minted for these claims (or why none was), taken.
+    pub fn take_minted(&self, wanted: MintFor) -> Option<store::Result<Result<Minted, MintError>>> {
+        let Reader::Loaded(loaded) = self else { return None };
+        let held = loaded.minted.borrow_mut().remove(&wanted)?;
+        Some(held.answer.map_err(StoreError::Unavailable))
     }
 
     /// Drops what is known of `user`: a batch that wrote them is back, or another node did.

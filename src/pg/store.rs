@@ -33,8 +33,10 @@ use super::payload::{Event, CHANNEL};
 use super::schema;
 use super::uri::PgUri;
 use crate::domain::UserId;
+use crate::jwt::Claims;
 use crate::spending::{AlertPercentage, Limit, Status};
 use crate::store::{Transaction, WriteRefusal, KEPT_NOTIFICATIONS};
+use crate::tickets::{MintError, Minted, Refusal};
 use crate::time::month_bounds_ms;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
@@ -50,6 +52,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Past this many cached users the cache starts over (a bound, not an eviction policy).
 const MAX_CACHED_USERS: usize = 200_000;
+/// How often the expired stream tickets are swept: they are refused by their expiry anyway,
+/// so this only bounds the table's size.
+const TICKET_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// `application_name` of the store's connection.
 pub const APPLICATION: &str = "periode-sse store";
 
@@ -100,6 +105,8 @@ pub struct PgStore {
     feed_up: Cell<bool>,
     in_batch: Cell<bool>,
     batch: RefCell<Batch>,
+    /// When expired stream tickets were last swept (`None`: not yet).
+    swept_at: Cell<Option<Instant>>,
 }
 
 impl PgStore {
@@ -122,11 +129,17 @@ impl PgStore {
             feed_up: Cell::new(false),
             in_batch: Cell::new(false),
             batch: RefCell::new(Batch::default()),
+            swept_at: Cell::new(None),
         };
         let mut client = store.connect_once()?;
         let ensured = store.runtime.block_on(async {
             // Several nodes may wait here for the schema lock; that is the one slow statement.
-            tokio::time::timeout(4 * CALL_DEADLINE, schema::ensure(&mut client, uri)).await
+            tokio::time::timeout(4 * CALL_DEADLINE, async {
+                schema::ensure(&mut client, uri).await?;
+                // Beside the schema: the stream tickets every node redeems (`tickets.rs`).
+                super::tickets::ensure_table(&mut client).await.map_err(|e| classify(uri, &e))
+            })
+            .await
         });
         match ensured {
             Ok(result) => result?,
@@ -262,6 +275,30 @@ impl PgStore {
     /// Is the database there? A cheap round trip, for `periode_sse_store_up`.
     pub fn ping(&self) -> Result<()> {
         self.simple("SELECT 1")
+    }
+
+    /// A stream ticket for the claims of a verified token, in the table every node shares.
+    pub fn mint_ticket(&self, claims: Claims) -> Result<std::result::Result<Minted, MintError>> {
+        self.call(|c| async move { super::tickets::mint(&c, claims).await })
+    }
+
+    /// Redeems a presented ticket by its key (`tickets::shared_key`): once, on any node.
+    pub fn redeem_ticket(&self, key: [u8; 32]) -> Result<std::result::Result<Claims, Refusal>> {
+        self.call(|c| async move { super::tickets::redeem_key(&c, &key).await })
+    }
+
+    /// Deletes the expired tickets once `TICKET_SWEEP_EVERY` has passed since the last time
+    /// (minting already drops a user's own; this is for users who stopped minting). A
+    /// failure is left for the next time: the rows only wait a little longer.
+    pub fn sweep_tickets_if_due(&self) {
+        let now = Instant::now();
+        if self.swept_at.get().is_some_and(|at| now < at + TICKET_SWEEP_EVERY) {
+            return;
+        }
+        self.swept_at.set(Some(now));
+        if let Err(e) = self.call(|c| async move { super::tickets::sweep(&c).await }) {
+            log::debug!("expired stream tickets not swept this time: {e}");
+        }
     }
 
     /// The change feed heard `event`: the user's cached view may be stale.

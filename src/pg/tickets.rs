@@ -99,6 +99,15 @@ pub async fn redeem(
 ) -> Result<Result<Claims, Refusal>, tokio_postgres::Error> {
     // Not the shape of a ticket: unknown, without a round trip.
     let Some(key) = tickets::shared_key(ticket) else { return Ok(Err(Refusal::Unknown)) };
+    redeem_key(client, &key).await
+}
+
+/// `redeem` for a ticket already hashed (`tickets::shared_key`): what the store thread is
+/// handed, so that the ticket's text never leaves the loop thread.
+pub async fn redeem_key(
+    client: &Client,
+    key: &[u8; 32],
+) -> Result<Result<Claims, Refusal>, tokio_postgres::Error> {
     let Some(row) = client.query_opt(REDEEM, &[&&key[..]]).await? else {
         return Ok(Err(Refusal::Unknown));
     };

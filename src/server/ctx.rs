@@ -8,7 +8,7 @@
 //! searched again for the connection at hand.
 
 use super::commit::QueuedWrite;
-use crate::backend::Reader as Store;
+use crate::backend::{Reader as Store, Wanted};
 use crate::config::Config;
 use crate::domain::UserId;
 use crate::key::ConnKey;
@@ -34,7 +34,8 @@ pub(super) struct Ctx {
     pub(super) metrics: Metrics,
     pub(super) config: Config,
     pub(super) secret: crate::jwt::Keys,
-    /// Stream tickets (SPEC §8); a `RefCell` because handlers see the context read-only.
+    /// Stream tickets (SPEC §8) on SQLite; a `RefCell` because handlers see the context
+    /// read-only. In cluster mode they live in PostgreSQL instead (through `store`).
     pub(super) tickets: std::cell::RefCell<crate::tickets::Tickets>,
     pub(super) max_conns: usize,
     /// Open connections (the slab's length), kept here for `/metrics`.
@@ -74,10 +75,11 @@ pub(super) struct Ctx {
     /// Set while parked connections are served again: a request that parks once more keeps
     /// its first deadline.
     pub(super) parked_since: Option<u64>,
-    /// Cluster mode: users whose load is on the store thread…
-    pub(super) loading: std::collections::HashMap<UserId, u64>,
-    /// …and loads asked for this turn, sent at step 7.
-    pub(super) loads_wanted: Vec<(UserId, Option<u64>)>,
+    /// Cluster mode: what waiting requests asked the store thread for (users' reads, stream
+    /// tickets to redeem or mint), with the `feed_epoch` of the asking…
+    pub(super) loading: std::collections::HashMap<Wanted, u64>,
+    /// …and what was asked for this turn (with a stream's resume point), sent at step 7.
+    pub(super) loads_wanted: Vec<(Wanted, Option<u64>)>,
     /// Cluster mode: the change feed and the gap tracker (always `None` on SQLite).
     pub(super) feed: Option<super::feed::Feed>,
     /// Catch-ups asked for this turn (user, after), sent at step 7.

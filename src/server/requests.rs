@@ -17,6 +17,7 @@ use super::{IO_BUDGET_PER_TURN, KEEP_ALIVE_TIMEOUT_MS, READ_CHUNK, REQUEST_TIMEO
 /// worth (a head is at most 8 KiB). Bodies are held only once their head is authorized.
 const MAX_UNAUTHORIZED_BYTES: usize = 16 << 20;
 use crate::api::{self, Outcome};
+use crate::backend::{MintFor, TicketKey, Wanted};
 use crate::conn::{Conn, HeldBytes, InBuf, Phase, ReadOutcome};
 use crate::http::{self, Parse, Request};
 use crate::key::ConnKey;
@@ -328,7 +329,7 @@ fn serve_buffered(
             Parse::Partial => {
                 if let Some(head) = http::parse_head(&buf[used..]) {
                     // Answering from the head may read the user (active?): it waits too.
-                    if waits_for_store(ctx, &head, now) {
+                    if !conn.metrics_only && waits_for_store(ctx, &head, false, now) {
                         return (used, Verdict::Wait);
                     }
                     if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, now) {
@@ -343,7 +344,8 @@ fn serve_buffered(
                 return (buf.len(), respond(conn, key, ctx, &response, &Reply::invalid(), now));
             }
             Parse::Complete(request, n) => {
-                if waits_for_store(ctx, &request, now) {
+                // The metrics port reads no store: it never waits.
+                if !conn.metrics_only && waits_for_store(ctx, &request, true, now) {
                     // Left in the buffer, and served when the user's batch is back.
                     return (used, Verdict::Wait);
                 }
@@ -361,34 +363,80 @@ fn serve_buffered(
 /// Whether the request is of a user whose batch is on the store thread. Until that batch's
 /// completion is handled the loop's reader may already see its commit, and a stream opened
 /// then would get its notification twice (in its snapshot, then from the fan-out); a read
-/// would see a write not yet answered. So such a request waits; everyone else's go on.
+/// would see a write not yet answered. So such a request waits; everyone else's go on. The
+/// user is the token's, or the stream ticket's.
 ///
-/// In cluster mode a request also waits while the store thread loads what it reads of its
-/// user (PostgreSQL is never queried on the loop thread): the load is asked for here.
-fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, now: Now) -> bool {
-    let cached_reads = matches!(ctx.store, crate::backend::Reader::Loaded(_));
-    if ctx.busy_users.is_empty() && !cached_reads {
+/// In cluster mode a request also waits while the store thread fetches what it needs
+/// (PostgreSQL is never queried on the loop thread), asked for here: what it reads of its
+/// user; a presented `?ticket=`, redeemed in the table every node shares (with its user's
+/// reads, in the same job); and for `POST …/ticket` (`whole`: its body has come too, and its
+/// user's reads say it may have one) a ticket minted there.
+fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) -> bool {
+    let shared = ctx.store.shares_tickets();
+    if ctx.busy_users.is_empty() && !shared {
         return false;
     }
-    // A token that does not verify is refused by `api` without reading anything.
-    let Some(claims) = api::bearer_token(request).and_then(|token| {
-        crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
-    }) else {
-        return false;
+    let route = api::Route::of(request.path);
+    let after = (route == api::Route::Stream).then(|| api::resume_point(request)).flatten();
+    let claims = if let Some(text) = api::stream_ticket(request) {
+        if shared {
+            // Not even the shape of a ticket: refused by `api` without asking anyone.
+            let Some(key) = crate::tickets::shared_key(&text).map(TicketKey) else {
+                return false;
+            };
+            match ctx.store.redeemed(key) {
+                Some(Ok(Ok(claims))) => claims,
+                // Refused, used, or the store failed: answered at once.
+                Some(_) => return false,
+                None => return ask_store(ctx, Wanted::Redeem(key), after),
+            }
+        } else {
+            // SQLite: the ticket is in memory, and is only looked at here (`api` uses it).
+            match ctx.tickets.borrow().check(&text, now.epoch_ms) {
+                Ok(claims) => claims,
+                Err(_) => return false,
+            }
+        }
+    } else {
+        // A token that does not verify is refused by `api` without reading anything.
+        let Some(claims) = api::bearer_token(request).and_then(|token| {
+            crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
+        }) else {
+            return false;
+        };
+        claims
     };
     let user = claims.user;
-    if ctx.busy_users.contains(&user) || ctx.loading.contains_key(&user) {
+    if ctx.busy_users.contains(&user) || ctx.loading.contains_key(&Wanted::User(user)) {
         return true;
     }
-    let after = (api::Route::of(request.path) == api::Route::Stream)
-        .then(|| api::resume_point(request))
-        .flatten();
     if ctx.store.needs_load(user, after) {
-        ctx.loading.insert(user, ctx.feed_epoch);
-        ctx.loads_wanted.push((user, after));
-        return true;
+        return ask_store(ctx, Wanted::User(user), after);
+    }
+    let mints = shared
+        && whole
+        && route == api::Route::Ticket
+        && request.method == http::Method::Post
+        && request.host_is_valid()
+        && (claims.role == crate::domain::Role::Admin
+            || matches!(ctx.store.user_active(user), Ok(Some(true))));
+    if mints {
+        let wanted = MintFor::of(claims);
+        if !ctx.store.has_minted(wanted) {
+            return ask_store(ctx, Wanted::Mint(wanted), None);
+        }
     }
     false
+}
+
+/// Asks the store thread (at step 7) for `wanted`, unless it is already on its way; the
+/// request waits either way.
+fn ask_store(ctx: &mut Ctx, wanted: Wanted, after: Option<u64>) -> bool {
+    if !ctx.loading.contains_key(&wanted) {
+        ctx.loading.insert(wanted, ctx.feed_epoch);
+        ctx.loads_wanted.push((wanted, after));
+    }
+    true
 }
 
 fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, now: Now) -> Verdict {

@@ -13,7 +13,7 @@
 //! stored, so one bad write cannot leave the server without a store.
 
 use super::commit::{self, Completion, QueuedWrite};
-use crate::backend::{Backend as Store, Load};
+use crate::backend::{Backend as Store, Load, Wanted};
 use crate::domain::UserId;
 use crate::store::{self, StoreError};
 use std::sync::mpsc;
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 enum Job {
     Commit { writes: Vec<QueuedWrite>, now_ms: i64 },
-    Load { user: UserId, after: Option<u64> },
+    Load { wanted: Wanted, after: Option<u64> },
     CatchUp { user: UserId, after: u64 },
     Ping,
 }
@@ -31,7 +31,8 @@ enum Job {
 /// What comes back.
 pub(super) enum Done {
     Batch(Completion),
-    Loaded(UserId, store::Result<Load>),
+    /// What a waiting request asked for (a user's reads; cluster mode's tickets).
+    Loaded(Wanted, store::Result<Load>),
     /// Cluster mode: the kept notifications of a user after an id, or why not.
     CaughtUp(UserId, Result<Vec<(u64, String)>, String>),
     /// Whether the store answered a ping.
@@ -59,6 +60,13 @@ impl StoreThread {
                     if let Err(e) = waker.wake() {
                         log::error!("cannot wake the event loop after a commit: {e}");
                     }
+                    // Between jobs, once the answer is out: it delays no one's answer.
+                    let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        store.sweep_tickets_if_due()
+                    }));
+                    if swept.is_err() {
+                        log::error!("BUG: a panic while sweeping stream tickets (see above)");
+                    }
                 }
             })?;
         Ok(StoreThread { jobs: Some(jobs), done, handle: Some(handle) })
@@ -80,10 +88,11 @@ impl StoreThread {
         }
     }
 
-    /// Asks for `user`'s reads (and the notifications after `after`); `false` if the thread
-    /// is gone.
-    pub(super) fn load(&self, user: UserId, after: Option<u64>) -> bool {
-        self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::Load { user, after }).is_ok())
+    /// Asks for what a waiting request needs: a user's reads (and the notifications after
+    /// `after`), or cluster mode's ticket redemption or minting; `false` if the thread is
+    /// gone.
+    pub(super) fn load(&self, wanted: Wanted, after: Option<u64>) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(Job::Load { wanted, after }).is_ok())
     }
 
     /// Asks for `user`'s kept notifications after `after`; `false` if the thread is gone.
@@ -133,14 +142,22 @@ impl StoreThread {
 fn run_job(store: &Store, job: Job) -> Done {
     let (writes, now_ms) = match job {
         Job::Commit { writes, now_ms } => (writes, now_ms),
-        Job::Load { user, after } => {
-            let load =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.load(user, after)));
+        Job::Load { wanted, after } => {
+            let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.fetch(wanted, after)
+            }));
             let load = load.unwrap_or_else(|_| {
-                log::error!("BUG: a panic while reading user {user} (see above)");
+                match wanted {
+                    Wanted::User(user) => {
+                        log::error!("BUG: a panic while reading user {user} (see above)")
+                    }
+                    Wanted::Redeem(_) | Wanted::Mint(_) => {
+                        log::error!("BUG: a panic with a stream ticket (see above)")
+                    }
+                }
                 Err(StoreError::Unavailable("an internal error stopped the read".to_string()))
             });
-            return Done::Loaded(user, load);
+            return Done::Loaded(wanted, load);
         }
         Job::Ping => {
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.ping()));
