@@ -9,6 +9,10 @@
 //!   on the loop thread (the client runs tokio on its caller's thread), so it is a cache that
 //!   the store thread fills: a request whose user is not in it waits (`needs_load`) while the
 //!   store thread loads the user (`load`), and is then served from what came back (`fill`).
+//!   Stream tickets go the same way (SPEC §8: they live in PostgreSQL, so any node redeems
+//!   any node's): a `?ticket=` stream waits while the store thread redeems the ticket and
+//!   loads its user in one job, a `POST …/ticket` while it mints one (`Wanted`, `fetch`);
+//!   the answer is held here until its request takes it.
 //!
 //! Both readers are kept true by the loop: it forgets a user when a batch that wrote them is
 //! back, and (cluster mode) on every event of the feed; it never reads a user whose batch is

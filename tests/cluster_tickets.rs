@@ -3,8 +3,10 @@
 //! opens that ticket's user's stream on the other, once: a second use on either node, or a
 //! ticket nobody minted, is `401 invalid_token`; of two nodes redeeming one ticket at the same
 //! moment exactly one opens a stream; the stream opened with it resumes and receives like one
-//! opened with the token; no ticket reaches either node's log. Built only with `--features
-//! postgres`; `scripts/pg-test.sh` runs it.
+//! opened with the token; while PostgreSQL is down both minting and redeeming are `503
+//! storage_unavailable`, and a ticket that could not be redeemed then still works once after;
+//! no ticket reaches either node's log. Built only with `--features postgres`;
+//! `scripts/pg-test.sh` runs it.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -229,4 +231,28 @@ fn one_ticket_presented_to_both_nodes_at_once_opens_one_stream() {
             a.health(&token)["connectedClients"] == 0 && b.health(&token)["connectedClients"] == 0
         });
     }
+}
+
+#[test]
+fn while_postgresql_is_down_tickets_are_503_and_an_unused_one_works_after() {
+    let mut cluster = pg::pg_harness::Pg::start();
+    let uri = cluster.create_db("ctickets_outage");
+    let (a, b) = (node(&uri), node(&uri));
+    let token = a.create_user(56);
+    let ticket = mint(&a, &token);
+    cluster.stop();
+    // Refused, not hung (the client's read timeout is the bound), on both routes.
+    assert_error(&post_ticket(&a, &token), 503, Some("storage_unavailable"), "mint, store down");
+    let r = get_with_ticket(&b, &ticket);
+    assert_error(&r, 503, Some("storage_unavailable"), "redeem, store down");
+    cluster.run();
+    // Nothing used the ticket up: once PostgreSQL is back it opens its stream on B, once.
+    wait_until("a ticket is minted again on node A", WAIT, || {
+        post_ticket(&a, &token).status == 201
+    });
+    let mut s = open_ticket(&b, &format!("ticket={ticket}"));
+    assert_eq!(s.status, 200, "{}", s.head);
+    assert_eq!(s.next_event(WAIT).map(|e| e.event).as_deref(), Some("connected"));
+    assert_invalid_ticket(&get_with_ticket(&a, &ticket), "used after the outage");
+    assert_no_ticket_logged(&[&a, &b], &[ticket]);
 }
