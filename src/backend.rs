@@ -324,9 +324,11 @@ impl Reader {
     }
 
     /// Drops what is known of `user`: a batch that wrote them is back, or another node did.
+    /// On SQLite nothing is dropped: the writer shares this cache and put the batch's views
+    /// in it at commit (reloading them would re-sum the user's history after every write).
     pub fn forget(&self, user: UserId) {
         match self {
-            Reader::Sqlite(s) => s.forget(user),
+            Reader::Sqlite(_) => {}
             Reader::Loaded(loaded) => {
                 loaded.views.borrow_mut().remove(&user);
                 loaded.replays.borrow_mut().remove(&user);

@@ -678,7 +678,8 @@ impl Server {
         }
     }
 
-    /// A batch is back: its users' views are read afresh from now on, it is answered, and
+    /// A batch is back: its users' views are current again (SQLite: the writer put them in
+    /// the shared cache; PostgreSQL: they are loaded afresh), it is answered, and
     /// the requests parked behind it are served (before the next batch leaves, so that a
     /// user who writes without pause cannot keep their reads waiting).
     fn finish_batch(&mut self, done: commit::Completion, now: Now) {
