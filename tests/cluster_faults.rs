@@ -137,7 +137,8 @@ fn a_node_killed_during_writes_loses_nothing_it_acknowledged() {
 }
 
 /// The store leaves the loop: while one user's commit waits on PostgreSQL (their row locked
-/// by another session), other users' requests are answered from the loop's cache, and the
+/// by another session), other users' requests are answered (from the loop's cache, or a load
+/// on the reads' own connection), and the
 /// waiting write ends as `503 storage_unavailable` (the statement's 1 s deadline), nothing
 /// stored.
 #[test]
@@ -147,6 +148,7 @@ fn a_commit_stuck_on_a_lock_does_not_stop_other_users_requests() {
     let (a, b) = (node(&uri), node(&uri));
     let stuck = a.create_user(44);
     let free = a.create_user(45);
+    let fresh = b.create_user(46);
     // Once A's stream hears B's write, A has heard every earlier event (the feed is in
     // commit order, and each event makes A read its user afresh)…
     let mut on_a = open(&a, &stuck);
@@ -174,9 +176,11 @@ fn a_commit_stuck_on_a_lock_does_not_stop_other_users_requests() {
                  WHERE application_name = 'periode-sse store' AND wait_event_type = 'Lock'",
             ) == "1"
         });
-        // Meanwhile user 45 is served: answered while the write is still unanswered.
+        // Meanwhile user 45 is served from the cache, and user 46 (never read on A) from a
+        // load on the reads' own connection: answered while the write is still unanswered.
         assert_eq!(a.health(&free)["status"], json!("healthy"));
-        assert!(!write.is_finished(), "the write was answered before user 45 was");
+        assert_eq!(a.health(&fresh)["status"], json!("healthy"));
+        assert!(!write.is_finished(), "the write was answered before users 45 and 46 were");
         let r = write.join().expect("the write");
         assert_error(&r, 503, Some("storage_unavailable"), "a write stuck on a lock");
     });

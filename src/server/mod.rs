@@ -125,6 +125,10 @@ pub struct Server {
     /// The writing store until `run` hands it to the store thread.
     writer: Option<Backend>,
     store_thread: Option<store_thread::StoreThread>,
+    /// PostgreSQL: the reads' store until `run` gives it a thread, then that thread (loads
+    /// and catch-ups never queue behind a batch).
+    read_store: Option<Backend>,
+    read_thread: Option<store_thread::StoreThread>,
     waker: std::sync::Arc<mio::Waker>,
     /// The writers of the batch on the store thread, if one is in flight.
     in_flight: Option<Vec<ConnKey>>,
@@ -161,6 +165,7 @@ impl Server {
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
         let reader = store.open_reader().map_err(|e| io::Error::other(e.to_string()))?;
         let sort_batches = !matches!(store, Backend::Sqlite(_));
+        let read_store = store.open_read_store().map_err(|e| io::Error::other(e.to_string()))?;
         #[cfg(feature = "postgres")]
         let feed = match &store {
             Backend::Postgres(pg) => Some(feed::Feed::spawn(pg.uri().clone(), waker.clone())?),
@@ -186,6 +191,8 @@ impl Server {
             out_of_fds_logged: false,
             writer: Some(store),
             store_thread: None,
+            read_store,
+            read_thread: None,
             waker,
             in_flight: None,
             sort_batches,
@@ -216,6 +223,9 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         if let Some(store) = self.writer.take() {
             self.store_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
+        }
+        if let Some(store) = self.read_store.take() {
+            self.read_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
         }
         if let Some(addr) = self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             log::info!("metrics served without authentication on http://{addr}/metrics");
@@ -558,7 +568,8 @@ impl Server {
             verdict::close_later(conn, key, &mut self.ctx, CloseReason::Shutdown);
         }
         self.reap();
-        if let Some(thread) = self.store_thread.as_mut() {
+        for thread in [self.store_thread.as_mut(), self.read_thread.as_mut()].into_iter().flatten()
+        {
             thread.stop();
         }
         #[cfg(feature = "postgres")]
@@ -589,7 +600,9 @@ impl Server {
         #[cfg(feature = "postgres")]
         self.on_feed(now);
         for _ in 0..STORE_ANSWERS_PER_TURN {
-            match self.store_thread.as_ref().and_then(|t| t.take()) {
+            let done = self.store_thread.as_ref().and_then(|t| t.take());
+            let done = done.or_else(|| self.read_thread.as_ref().and_then(|t| t.take()));
+            match done {
                 Some(store_thread::Done::Batch(done)) => self.finish_batch(done, now),
                 Some(store_thread::Done::Loaded(user, load)) => {
                     let asked_at = self.ctx.loading.remove(&user);
@@ -616,13 +629,13 @@ impl Server {
             self.next_ping_ms = Some(at.max(now.mono_ms) + PING_EVERY_MS);
         }
         for (user, after) in std::mem::take(&mut self.ctx.catch_ups_wanted) {
-            let asked = self.store_thread.as_ref().is_some_and(|t| t.catch_up(user, after));
+            let asked = self.reads_thread().is_some_and(|t| t.catch_up(user, after));
             if !asked {
                 self.on_caught_up(user, Err("the store thread has stopped".to_string()), now);
             }
         }
         for (user, after) in std::mem::take(&mut self.ctx.loads_wanted) {
-            let asked = self.store_thread.as_ref().is_some_and(|t| t.load(user, after));
+            let asked = self.reads_thread().is_some_and(|t| t.load(user, after));
             if !asked {
                 self.ctx.loading.remove(&user);
                 let why = "the store thread has stopped".to_string();
@@ -634,6 +647,11 @@ impl Server {
         if self.in_flight.is_none() && !self.ctx.batch.is_empty() {
             self.send_batch(now);
         }
+    }
+
+    /// Where loads and catch-ups go: their own thread on PostgreSQL.
+    fn reads_thread(&self) -> Option<&store_thread::StoreThread> {
+        self.read_thread.as_ref().or(self.store_thread.as_ref())
     }
 
     fn send_batch(&mut self, now: Now) {
@@ -661,6 +679,8 @@ impl Server {
     fn finish_batch(&mut self, done: commit::Completion, now: Now) {
         self.ctx.metrics.count_commit_latency(done.elapsed);
         self.in_flight = None;
+        // A load read on the other connection before this commit may come back after it.
+        self.ctx.feed_epoch += 1;
         for user in self.ctx.busy_users.drain() {
             self.ctx.store.forget(user);
         }
