@@ -21,12 +21,17 @@
 //!  5. accepts that were cut short or paused (out of descriptors) go on;
 //!  6. timers (`ctx.wheel`): request and idle timeouts, heartbeats, token expiries, linger
 //!     ends;
-//!  7. the group commit (`commit.rs`): when the batch in flight on the store thread
-//!     (`store_thread.rs`) has come back (its waker has its own token), it is answered and
-//!     fanned out, its users' cached views are forgotten, and requests parked behind it are
-//!     served; then, if no batch is in flight, the writes queued meanwhile go to the store as
-//!     the next batch. A request of a user whose batch is in flight is parked (`Verdict::Wait`)
-//!     rather than read, so that no read sees a commit before its completion is handled;
+//!  7. the store (`commit.rs`, `store_thread.rs`, `feed.rs`; the store threads and the
+//!     cluster listener wake the loop through one waker token): in cluster mode what the
+//!     listener heard is carried out first (other nodes' notifications pushed through the gap
+//!     tracker, deactivations, cache forgets, catch-ups asked for); then what the store
+//!     threads sent back: a batch in flight is answered and fanned out and its users' cached
+//!     views forgotten, a load fills the cache, a catch-up's rows are pushed — each time the
+//!     requests parked for the store are served again; then the loads, catch-ups and (idle,
+//!     cluster mode) a ping asked for are sent; then, if no batch is in flight, the writes
+//!     queued meanwhile go to the store as the next batch. A request of a user whose batch is
+//!     in flight, or (cluster mode) whose reads are not cached, is parked (`Verdict::Wait`)
+//!     rather than read, and answered 503 if the store has not answered in 1.5 s;
 //!  8. reap: streams that ended this turn are unlinked from the registry, and connections
 //!     marked to close are removed from the wheel, the registry and the slab, and their
 //!     sockets closed — the one place a connection dies and the one place anything is
