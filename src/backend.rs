@@ -180,6 +180,19 @@ impl Backend {
         }
     }
 
+    /// PostgreSQL: a second connection for the loop's loads and catch-ups, on a thread of
+    /// their own, so that a read never waits behind a batch stuck on a lock or a slow disk.
+    /// `None` on SQLite, whose reads the loop makes itself.
+    pub fn open_read_store(&self) -> store::Result<Option<Backend>> {
+        match self {
+            Backend::Sqlite(_) => Ok(None),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => crate::pg::PgStore::open(s.uri())
+                .map(|s| Some(Backend::Postgres(s)))
+                .map_err(StoreError::Postgres),
+        }
+    }
+
     /// A cheap round trip, for `periode_sse_store_up` while no write says how the store is
     /// (SQLite: nothing to reach; its commits tell).
     pub fn ping(&self) -> store::Result<()> {
