@@ -49,4 +49,4 @@ cargo test --features postgres --test cluster --test cluster_faults
 step "the integration tests against PostgreSQL"
 PERIODE_SSE_TEST_PG=1 cargo test --features postgres \
   --test auth --test cli --test http --test http_rules --test lifecycle --test properties \
-  --test stream --test stream_rules --test writes
+  --test rotation --test stream --test stream_rules --test tickets --test writes
