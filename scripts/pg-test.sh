@@ -44,8 +44,9 @@ cargo test --features postgres --test cluster --test cluster_faults --test clust
 # (they run on SQLite in the ordinary `cargo test`): startup (file checks, locks, modes),
 # storage (kill -9 of the file's writes, the <db>.secret file, demo reseeding on one file),
 # storage_faults (deleted files, full disk), backup (a copy of the file), ops (the database
-# file's size on /metrics), cli (the secret file beside the database), systemd.
+# file's size on /metrics); and systemd, whose readiness protocol does not depend on the
+# backend (not run against PostgreSQL yet). cli runs its own commands, mostly on SQLite paths.
 step "the integration tests against PostgreSQL"
 PERIODE_SSE_TEST_PG=1 cargo test --features postgres \
-  --test auth --test http --test http_rules --test lifecycle --test properties \
-  --test stream --test stream_rules --test writes
+  --test auth --test cli --test http --test http_rules --test lifecycle --test properties \
+  --test rotation --test stream --test stream_rules --test tickets --test writes

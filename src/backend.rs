@@ -186,6 +186,19 @@ impl Backend {
         }
     }
 
+    /// PostgreSQL: a second connection for the loop's loads and catch-ups, on a thread of
+    /// their own, so that a read never waits behind a batch stuck on a lock or a slow disk.
+    /// `None` on SQLite, whose reads the loop makes itself.
+    pub fn open_read_store(&self) -> store::Result<Option<Backend>> {
+        match self {
+            Backend::Sqlite(_) => Ok(None),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => crate::pg::PgStore::open(s.uri())
+                .map(|s| Some(Backend::Postgres(s)))
+                .map_err(StoreError::Postgres),
+        }
+    }
+
     /// A cheap round trip, for `periode_sse_store_up` while no write says how the store is
     /// (SQLite: nothing to reach; its commits tell).
     pub fn ping(&self) -> store::Result<()> {
@@ -564,9 +577,11 @@ impl Reader {
     }
 
     /// Drops what is known of `user`: a batch that wrote them is back, or another node did.
+    /// On SQLite nothing is dropped: the writer shares this cache and put the batch's views
+    /// in it at commit (reloading them would re-sum the user's history after every write).
     pub fn forget(&self, user: UserId) {
         match self {
-            Reader::Sqlite(s) => s.forget(user),
+            Reader::Sqlite(_) => {}
             Reader::Loaded(loaded) => {
                 loaded.views.borrow_mut().remove(&user);
                 loaded.replays.borrow_mut().remove(&user);

@@ -105,7 +105,8 @@ Serve options:
   --listen ADDR              address to bind, e.g. 0.0.0.0:8989, [::1]:8989, localhost:8989
                              [env PERIODE_SSE_LISTEN] (default 127.0.0.1:8989)
   --db PATH                  SQLite file, created when missing [env PERIODE_SSE_DB]
-                             (default ./periode-sse.db)
+                             (default ./periode-sse.db); or postgres://USER@HOST/DB?… to run
+                             as one of several nodes on PostgreSQL (build --features postgres)
   --heartbeat SECS           heartbeat period of every stream (default 30)
   --retry-ms MS              `retry:` sent to clients at connect (default 5000)
   --max-conns-per-user N     open streams one user may hold (default 100)
@@ -118,7 +119,7 @@ Serve options:
   --metrics-listen ADDR      also serve GET /metrics, unauthenticated, on ADDR (keep it private)
 
 The HS256 key is JWT_SECRET (at least 32 bytes) when set, otherwise a random key kept in
-<db>.secret, which `periode-sse token` reads too. `periode-sse token --help` and
+<db>.secret, which `periode-sse token` reads too; on PostgreSQL JWT_SECRET is required. `periode-sse token --help` and
 `periode-sse backup --help` describe those commands.
 ";
 

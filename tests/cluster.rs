@@ -1,24 +1,69 @@
 //! Cluster mode (SPEC §7): two and three real nodes on one throwaway PostgreSQL (one cluster
-//! for this test binary, a fresh database per test). Built only with `--features postgres`;
-//! `scripts/pg-test.sh` runs it.
-#![cfg(feature = "postgres")]
+//! for this test binary, a fresh database per test), with `--features postgres`;
+//! `scripts/pg-test.sh` runs it. Without the feature only the start-up refusal is tested.
 
 mod common;
 use common::*;
 
+/// The binary's answer to a start that must fail: exit status and stderr.
+fn refused_start(args: &[&str], secret: Option<&str>) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("JWT_SECRET").env_remove("PERIODE_SSE_DB");
+    if let Some(secret) = secret {
+        cmd.env("JWT_SECRET", secret);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run periode-sse");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn a_postgres_db_without_the_feature_says_how_to_build_with_it() {
+    let db = "postgres://periode:hunter2-password@127.0.0.1:1/periode";
+    let (code, err) = refused_start(&["--db", db, "--listen", "127.0.0.1:0"], Some(SECRET));
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("--features postgres"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn jwt_secret_is_required_and_the_password_never_reaches_a_log_line() {
+    let uri = fresh_database();
+    // Trust authentication ignores the password; the server must still never show it.
+    let with_password = uri.replacen("postgres@", "postgres:hunter2-password@", 1);
+    let (code, err) = refused_start(&["--db", &with_password, "--listen", "127.0.0.1:0"], None);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("JWT_SECRET"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+    let server = node(&with_password);
+    server.log.wait_for("listening on", 0, WAIT);
+    let log = server.log.lines().join("\n");
+    assert!(log.contains("postgres://postgres:***@127.0.0.1"), "{log}");
+    assert!(!log.contains("hunter2"), "the password leaked: {log}");
+    // `token` takes the same --db and the same rule.
+    let (code, err) = refused_start(&["token", "13", "--db", &with_password], None);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("JWT_SECRET") && !err.contains("hunter2"), "{err}");
+}
+
+#[cfg(feature = "postgres")]
 static NEXT_DB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A fresh database on the binary's cluster, as a `--db` URI.
+#[cfg(feature = "postgres")]
 fn fresh_database() -> String {
     let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
     pg::cluster().create_db(&format!("cluster_{}_{n}", std::process::id()))
 }
 
+#[cfg(feature = "postgres")]
 fn node(uri: &str) -> Server {
     Server::start_with(Options { args: &["--db", uri], ..Options::default() })
 }
 
 /// The next `n` notifications of a stream, as (id, data).
+#[cfg(feature = "postgres")]
 fn notes(s: &mut Stream, n: usize) -> Vec<(u64, String)> {
     (0..n)
         .map(|_| {
@@ -28,6 +73,7 @@ fn notes(s: &mut Stream, n: usize) -> Vec<(u64, String)> {
         .collect()
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn a_write_on_either_node_reaches_both_with_equal_ids_and_resumes_on_the_other() {
     let uri = fresh_database();
@@ -56,6 +102,7 @@ fn a_write_on_either_node_reaches_both_with_equal_ids_and_resumes_on_the_other()
     assert_quiet(&mut on_a, Duration::from_millis(100));
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn deactivation_and_limit_changes_take_effect_on_every_node() {
     let uri = fresh_database();
@@ -81,6 +128,7 @@ fn deactivation_and_limit_changes_take_effect_on_every_node() {
     });
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn concurrent_writers_on_three_nodes_get_contiguous_ids_and_exact_totals() {
     let uri = fresh_database();
@@ -124,6 +172,7 @@ fn concurrent_writers_on_three_nodes_get_contiguous_ids_and_exact_totals() {
     }
 }
 
+#[cfg(feature = "postgres")]
 #[test]
 fn three_nodes_starting_at_once_on_an_empty_database_all_come_up() {
     let uri = fresh_database();

@@ -135,3 +135,55 @@ fn a_node_killed_during_writes_loses_nothing_it_acknowledged() {
     assert_eq!(seen, (2..=spent as u64 + 2).collect::<Vec<_>>());
     assert_quiet(&mut on_b, Duration::from_millis(300));
 }
+
+/// The store leaves the loop: while one user's commit waits on PostgreSQL (their row locked
+/// by another session), other users' requests are answered (from the loop's cache, or a load
+/// on the reads' own connection), and the
+/// waiting write ends as `503 storage_unavailable` (the statement's 1 s deadline), nothing
+/// stored.
+#[test]
+fn a_commit_stuck_on_a_lock_does_not_stop_other_users_requests() {
+    let uri = fresh_database();
+    let db = uri.rsplit('/').next().and_then(|t| t.split('?').next()).expect("db name");
+    let (a, b) = (node(&uri), node(&uri));
+    let stuck = a.create_user(44);
+    let free = a.create_user(45);
+    let fresh = b.create_user(46);
+    // Once A's stream hears B's write, A has heard every earlier event (the feed is in
+    // commit order, and each event makes A read its user afresh)…
+    let mut on_a = open(&a, &stuck);
+    assert_eq!(b.set_month_limit(44, 1000, 80.0).status, 200);
+    next_note(&mut on_a);
+    // …and this request leaves user 45's view cached on A.
+    assert_eq!(a.health(&free)["status"], json!("healthy"));
+    let cluster = pg::cluster();
+    let mut holder = Command::new(pg::pg_harness::bin_dir().join("psql"))
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres"])
+        .args(["-d", db, "-c"])
+        .arg("BEGIN; SELECT 1 FROM users WHERE id = 44 FOR UPDATE; SELECT pg_sleep(2); COMMIT;")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql");
+    wait_until("the row lock is held", WAIT, || {
+        cluster.psql(db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2)%' AND state = 'active' AND pid <> pg_backend_pid()") == "1"
+    });
+    thread::scope(|scope| {
+        let write = scope.spawn(|| post_tx(&a, &stuck, r#"{"amount":5}"#));
+        wait_until("the node's commit waits for the lock", WAIT, || {
+            cluster.psql(
+                db,
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'periode-sse store' AND wait_event_type = 'Lock'",
+            ) == "1"
+        });
+        // Meanwhile user 45 is served from the cache, and user 46 (never read on A) from a
+        // load on the reads' own connection: answered while the write is still unanswered.
+        assert_eq!(a.health(&free)["status"], json!("healthy"));
+        assert_eq!(a.health(&fresh)["status"], json!("healthy"));
+        assert!(!write.is_finished(), "the write was answered before users 45 and 46 were");
+        let r = write.join().expect("the write");
+        assert_error(&r, 503, Some("storage_unavailable"), "a write stuck on a lock");
+    });
+    let _ = holder.wait();
+    assert_eq!(post_tx(&a, &stuck, r#"{"amount":5}"#).status, 201);
+}

@@ -21,12 +21,17 @@
 //!  5. accepts that were cut short or paused (out of descriptors) go on;
 //!  6. timers (`ctx.wheel`): request and idle timeouts, heartbeats, token expiries, linger
 //!     ends;
-//!  7. the group commit (`commit.rs`): when the batch in flight on the store thread
-//!     (`store_thread.rs`) has come back (its waker has its own token), it is answered and
-//!     fanned out, its users' cached views are forgotten, and requests parked behind it are
-//!     served; then, if no batch is in flight, the writes queued meanwhile go to the store as
-//!     the next batch. A request of a user whose batch is in flight is parked (`Verdict::Wait`)
-//!     rather than read, so that no read sees a commit before its completion is handled;
+//!  7. the store (`commit.rs`, `store_thread.rs`, `feed.rs`; the store threads and the
+//!     cluster listener wake the loop through one waker token): in cluster mode what the
+//!     listener heard is carried out first (other nodes' notifications pushed through the gap
+//!     tracker, deactivations, cache forgets, catch-ups asked for); then what the store
+//!     threads sent back: a batch in flight is answered and fanned out and its users' cached
+//!     views forgotten, a load fills the cache, a catch-up's rows are pushed — each time the
+//!     requests parked for the store are served again; then the loads, catch-ups and (idle,
+//!     cluster mode) a ping asked for are sent; then, if no batch is in flight, the writes
+//!     queued meanwhile go to the store as the next batch. A request of a user whose batch is
+//!     in flight, or (cluster mode) whose reads are not cached, is parked (`Verdict::Wait`)
+//!     rather than read, and answered 503 if the store has not answered in 1.5 s;
 //!  8. reap: streams that ended this turn are unlinked from the registry, and connections
 //!     marked to close are removed from the wheel, the registry and the slab, and their
 //!     sockets closed — the one place a connection dies and the one place anything is
@@ -147,6 +152,10 @@ pub struct Server {
     /// The writing store until `run` hands it to the store thread.
     writer: Option<Backend>,
     store_thread: Option<store_thread::StoreThread>,
+    /// PostgreSQL: the reads' store until `run` gives it a thread, then that thread (loads
+    /// and catch-ups never queue behind a batch).
+    read_store: Option<Backend>,
+    read_thread: Option<store_thread::StoreThread>,
     waker: std::sync::Arc<mio::Waker>,
     /// The writers of the batch on the store thread, if one is in flight.
     in_flight: Option<Vec<ConnKey>>,
@@ -180,6 +189,7 @@ impl Server {
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
         let reader = store.open_reader().map_err(|e| io::Error::other(e.to_string()))?;
         let sort_batches = !matches!(store, Backend::Sqlite(_));
+        let read_store = store.open_read_store().map_err(|e| io::Error::other(e.to_string()))?;
         #[cfg(feature = "postgres")]
         let feed = match &store {
             Backend::Postgres(pg) => Some(feed::Feed::spawn(pg.uri().clone(), waker.clone())?),
@@ -205,6 +215,8 @@ impl Server {
             out_of_fds_logged: false,
             writer: Some(store),
             store_thread: None,
+            read_store,
+            read_thread: None,
             waker,
             in_flight: None,
             sort_batches,
@@ -235,6 +247,9 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         if let Some(store) = self.writer.take() {
             self.store_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
+        }
+        if let Some(store) = self.read_store.take() {
+            self.read_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
         }
         if let Some(addr) = self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             log::info!("metrics served without authentication on http://{addr}/metrics");
@@ -581,7 +596,8 @@ impl Server {
             verdict::close_later(conn, key, &mut self.ctx, CloseReason::Shutdown);
         }
         self.reap();
-        if let Some(thread) = self.store_thread.as_mut() {
+        for thread in [self.store_thread.as_mut(), self.read_thread.as_mut()].into_iter().flatten()
+        {
             thread.stop();
         }
         #[cfg(feature = "postgres")]
@@ -612,7 +628,9 @@ impl Server {
         #[cfg(feature = "postgres")]
         self.on_feed(now);
         for _ in 0..STORE_ANSWERS_PER_TURN {
-            match self.store_thread.as_ref().and_then(|t| t.take()) {
+            let done = self.store_thread.as_ref().and_then(|t| t.take());
+            let done = done.or_else(|| self.read_thread.as_ref().and_then(|t| t.take()));
+            match done {
                 Some(store_thread::Done::Batch(done)) => self.finish_batch(done, now),
                 Some(store_thread::Done::Loaded(user, load)) => {
                     let asked_at = self.ctx.loading.remove(&user);
@@ -639,13 +657,13 @@ impl Server {
             self.next_ping_ms = Some(at.max(now.mono_ms) + PING_EVERY_MS);
         }
         for (user, after) in std::mem::take(&mut self.ctx.catch_ups_wanted) {
-            let asked = self.store_thread.as_ref().is_some_and(|t| t.catch_up(user, after));
+            let asked = self.reads_thread().is_some_and(|t| t.catch_up(user, after));
             if !asked {
                 self.on_caught_up(user, Err("the store thread has stopped".to_string()), now);
             }
         }
         for (user, after) in std::mem::take(&mut self.ctx.loads_wanted) {
-            let asked = self.store_thread.as_ref().is_some_and(|t| t.load(user, after));
+            let asked = self.reads_thread().is_some_and(|t| t.load(user, after));
             if !asked {
                 self.ctx.loading.remove(&user);
                 let why = "the store thread has stopped".to_string();
@@ -657,6 +675,11 @@ impl Server {
         if self.in_flight.is_none() && !self.ctx.batch.is_empty() {
             self.send_batch(now);
         }
+    }
+
+    /// Where loads and catch-ups go: their own thread on PostgreSQL.
+    fn reads_thread(&self) -> Option<&store_thread::StoreThread> {
+        self.read_thread.as_ref().or(self.store_thread.as_ref())
     }
 
     fn send_batch(&mut self, now: Now) {
@@ -678,12 +701,15 @@ impl Server {
         }
     }
 
-    /// A batch is back: its users' views are read afresh from now on, it is answered, and
+    /// A batch is back: its users' views are current again (SQLite: the writer put them in
+    /// the shared cache; PostgreSQL: they are loaded afresh), it is answered, and
     /// the requests parked behind it are served (before the next batch leaves, so that a
     /// user who writes without pause cannot keep their reads waiting).
     fn finish_batch(&mut self, done: commit::Completion, now: Now) {
         self.ctx.metrics.count_commit_latency(done.elapsed);
         self.in_flight = None;
+        // A load read on the other connection before this commit may come back after it.
+        self.ctx.feed_epoch += 1;
         for user in self.ctx.busy_users.drain() {
             self.ctx.store.forget(user);
         }

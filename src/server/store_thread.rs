@@ -1,14 +1,15 @@
 //! The store thread: where batches are committed, so that the loop never waits for the disk.
 //!
-//! The loop hands it one batch at a time (`send`), and in cluster mode the reads its cache
-//! misses (`load`: PostgreSQL is never queried from the loop thread); the thread applies a batch with
-//! `commit::commit`, sends the `Completion` back over a channel and wakes the loop through a
-//! `mio::Waker` on its own token; the loop picks it up with `take` and answers it with
-//! `commit::complete`. Meanwhile the loop keeps serving: heartbeats, connects, reads, and the
-//! next batch forming. One batch is in flight at a time, which keeps per-user order and group
-//! commit (everything that arrived while one batch was on disk goes in the next).
+//! The loop hands it one batch at a time (`send`). In cluster mode a second one, with its own
+//! connection, takes the reads the loop's cache misses (`load`, `catch_up`: PostgreSQL is
+//! never queried from the loop thread, and a read never queues behind a batch). A thread
+//! applies a batch with `commit::apply_all`, sends what it did back over a channel and wakes
+//! the loop through the loop's one `mio::Waker`; the loop picks it up with `take` and answers
+//! it with `commit::complete`. Meanwhile the loop keeps serving: heartbeats, connects, reads,
+//! and the next batch forming. One batch is in flight at a time, which keeps per-user order
+//! and group commit (everything that arrived while one batch was on disk goes in the next).
 //!
-//! The thread owns the writing `Store` and nothing else: it never touches a socket. A panic in
+//! A thread owns its store and nothing else: it never touches a socket. A panic in
 //! a commit (a bug) is caught here, the transaction rolled back and the batch answered as not
 //! stored, so one bad write cannot leave the server without a store.
 

@@ -15,10 +15,11 @@
 //! open (`open.rs`) makes sure of.
 //!
 //! The writing `Store` lives on the server's store thread; the loop reads through a second,
-//! read-only `Store` (`open_reader`: WAL lets it read while a commit is under way). The
-//! reader's cache is kept true by the loop, which `forget`s every user of a batch when the
-//! batch's completion comes back, and reads nothing of a user while a batch of theirs is in
-//! flight (so no read can see a commit whose completion has not been handled yet).
+//! read-only `Store` (`open_reader`: WAL lets it read while a commit is under way). The two
+//! share one view cache: the writer puts each batch's views in it at commit, so the loop never
+//! re-sums a user's history after their write (that is O(history) per write, which the cache
+//! exists to avoid). The loop reads nothing of a user while a batch of theirs is in flight, so
+//! the only views either side changes at a time are of users the other is not reading.
 //!
 //! Files: `open.rs` (the start-up checks, the lock, and the watch on the file while running),
 //! `schema.rs` (the schema and its versions), `backup.rs` (`periode-sse backup`).
@@ -38,6 +39,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How many notifications per user are kept for `Last-Event-ID` resume.
 pub const KEPT_NOTIFICATIONS: u64 = 1000;
@@ -127,7 +129,7 @@ pub struct Store {
     /// The locked file; `None` for a reader, which never commits.
     file: Option<open::DbFile>,
     /// Committed views. `None` values remember users that do not exist.
-    cache: RefCell<HashMap<UserId, Option<UserView>>>,
+    cache: Arc<Mutex<HashMap<UserId, Option<UserView>>>>,
     in_batch: Cell<bool>,
     /// The views as this batch has changed them; they become `cache` entries at commit.
     overlay: RefCell<HashMap<UserId, Option<UserView>>>,
@@ -166,14 +168,14 @@ impl Store {
         Ok(Store {
             db,
             file: Some(file),
-            cache: RefCell::new(HashMap::new()),
+            cache: Arc::new(Mutex::new(HashMap::new())),
             in_batch: Cell::new(false),
             overlay: RefCell::new(HashMap::new()),
         })
     }
 
     /// A read-only connection to the same file, for the loop's reads while this store writes
-    /// on another thread. It takes no lock and never writes; its cache is emptied by `forget`.
+    /// on another thread. It takes no lock, never writes, and shares this store's view cache.
     pub fn open_reader(&self) -> Result<Store> {
         let Some(file) = &self.file else {
             return Err(StoreError::Refused("a reader cannot open another reader".to_string()));
@@ -190,20 +192,26 @@ impl Store {
         Ok(Store {
             db,
             file: None,
-            cache: RefCell::new(HashMap::new()),
+            cache: Arc::clone(&self.cache),
             in_batch: Cell::new(false),
             overlay: RefCell::new(HashMap::new()),
         })
     }
 
-    /// Drops the cached view of `user`: a batch of theirs was committed elsewhere.
+    /// The shared view cache. A panic while it was held (a bug) left at worst a view that a
+    /// later load replaces; carrying on beats dropping every stream.
+    fn cache(&self) -> MutexGuard<'_, HashMap<UserId, Option<UserView>>> {
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Drops the cached view of `user`.
     pub fn forget(&self, user: UserId) {
-        self.cache.borrow_mut().remove(&user);
+        self.cache().remove(&user);
     }
 
     /// Drops every cached view.
     pub fn forget_all(&self) {
-        self.cache.borrow_mut().clear();
+        self.cache().clear();
     }
 
     fn view(&self, user: UserId) -> Result<Option<UserView>> {
@@ -212,18 +220,20 @@ impl Store {
                 return Ok(*view);
             }
             // Before the batch first changes this user: the committed view is still right.
-            let view = match self.cache.borrow().get(&user) {
-                Some(view) => *view,
+            let cached = self.cache().get(&user).copied();
+            let view = match cached {
+                Some(view) => view,
                 None => self.load_view(user)?,
             };
             self.overlay.borrow_mut().insert(user, view);
             return Ok(view);
         }
-        if let Some(view) = self.cache.borrow().get(&user) {
-            return Ok(*view);
+        let cached = self.cache().get(&user).copied();
+        if let Some(view) = cached {
+            return Ok(view);
         }
         let view = self.load_view(user)?;
-        let mut cache = self.cache.borrow_mut();
+        let mut cache = self.cache();
         if cache.len() >= MAX_CACHED_USERS {
             cache.clear();
         }
@@ -355,7 +365,7 @@ impl Store {
             file.note_wal();
         }
         self.in_batch.set(false);
-        let mut cache = self.cache.borrow_mut();
+        let mut cache = self.cache();
         if cache.len() >= MAX_CACHED_USERS {
             cache.clear();
         }
@@ -603,10 +613,10 @@ mod tests {
         (Store::open(&path).unwrap(), dir)
     }
 
-    /// The loop's reader sees the writer's commits once it forgets the user's cached view,
-    /// and never writes.
+    /// The loop's reader shares the writer's view cache: a commit's views are the reader's at
+    /// once, with no reload; and the reader never writes.
     #[test]
-    fn a_reader_sees_commits_after_forgetting_and_cannot_write() {
+    fn a_reader_sees_commits_through_the_shared_cache_and_cannot_write() {
         let (store, dir) = temp_store("reader");
         let reader = store.open_reader().unwrap();
         let user = UserId(7);
@@ -615,8 +625,9 @@ mod tests {
         store.put_user(user, true).unwrap();
         store.insert_notification(user, "{}").unwrap();
         store.commit().unwrap();
-        // Cached from before the commit until the loop forgets it.
-        assert_eq!(reader.user_active(user).unwrap(), None);
+        assert_eq!(reader.user_active(user).unwrap(), Some(true));
+        assert_eq!(reader.last_notification_id(user).unwrap(), 1);
+        // What the reader loads itself is what is committed.
         reader.forget(user);
         assert_eq!(reader.user_active(user).unwrap(), Some(true));
         assert_eq!(reader.last_notification_id(user).unwrap(), 1);
