@@ -4,14 +4,16 @@
 //!
 //! The rules are those of `crate::tickets` (30 s, single use, bound to the claims of the
 //! token it was bought with, at most `DEFAULT_MAX_PER_USER` live per user); what changes is
-//! where they are enforced. Single use holds across nodes because redeeming is one `DELETE …
-//! WHERE ticket_hash = $1 AND expires_at > now() RETURNING …`: of two nodes redeeming the same
-//! ticket at once, PostgreSQL's row lock lets exactly one delete the row, and the other finds
-//! nothing. Both expiries are read from the database's clock (`now()`), so the nodes' clocks
-//! need not agree. The table keeps the SHA-256 of each ticket's bits, never the ticket: a
-//! dump, a replica or a log of the table holds nothing a client could present. A used or
-//! expired ticket is simply gone, so all three refusals are `Refusal::Unknown` here (all are
-//! answered `401 invalid_token` anyway).
+//! where they are enforced. Single use holds across nodes because redeeming is one `UPDATE …
+//! SET used = true WHERE ticket_hash = $1 AND expires_at > now() AND NOT used RETURNING …`: of
+//! two nodes redeeming the same ticket at once, PostgreSQL's row lock lets exactly one update
+//! the row, and the other, re-reading it once the first commits, finds it used. A used ticket
+//! keeps its row until its 30 s are over, so that it still counts toward its user's cap, as
+//! on SQLite (SPEC §7: a single node behaves alike on both backends). Both expiries are read
+//! from the database's clock (`now()`), so the nodes' clocks need not agree. The table keeps
+//! the SHA-256 of each ticket's bits, never the ticket: a dump, a replica or a log of the
+//! table holds nothing a client could present. All three refusals are `Refusal::Unknown`
+//! here (all are answered `401 invalid_token` anyway).
 //!
 //! The functions take the async client and return its own error, so that the store thread
 //! can run them under its deadline like any other call (`PgStore`'s `call`); nothing here
@@ -33,8 +35,12 @@ CREATE TABLE IF NOT EXISTS stream_tickets (
     role TEXT NOT NULL,
     -- the exp of the token the ticket was bought with: the stream still ends there
     token_expires_at BIGINT NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL
+    expires_at TIMESTAMPTZ NOT NULL,
+    -- redeemed: refused from now on, but counted toward the user's cap until it expires
+    used BOOLEAN NOT NULL DEFAULT false
 );
+-- A table made before tickets were marked rather than deleted.
+ALTER TABLE stream_tickets ADD COLUMN IF NOT EXISTS used BOOLEAN NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS stream_tickets_by_user ON stream_tickets (user_id, expires_at);
 CREATE INDEX IF NOT EXISTS stream_tickets_by_expiry ON stream_tickets (expires_at);
 ";
@@ -48,7 +54,8 @@ SELECT $1, $2, $3, $4, now() + ($5::BIGINT)::FLOAT8 * INTERVAL '1 millisecond'
 WHERE (SELECT count(*) FROM stream_tickets WHERE user_id = $2 AND expires_at > now()) < $6";
 
 const REDEEM: &str = "
-DELETE FROM stream_tickets WHERE ticket_hash = $1 AND expires_at > now()
+UPDATE stream_tickets SET used = true
+WHERE ticket_hash = $1 AND expires_at > now() AND NOT used
 RETURNING user_id, role, token_expires_at";
 
 const SWEEP: &str = "DELETE FROM stream_tickets WHERE expires_at <= now()";
