@@ -666,3 +666,93 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: Claims = Claims { user: UserId(13), role: Role::User, expires_at: 1_900_000_000 };
+
+    fn cluster_reader() -> Reader {
+        Reader::Loaded(Loaded::default())
+    }
+
+    fn reads_of(user: UserId) -> Reads {
+        Reads {
+            user,
+            view: Some(View { active: true, last_id: 4, limit: None, spending: 0 }),
+            replay: None,
+        }
+    }
+
+    #[test]
+    fn a_redeemed_ticket_goes_to_one_request_then_reads_as_used() {
+        let reader = cluster_reader();
+        let key = TicketKey([7; 32]);
+        assert!(reader.redeemed(key).is_none());
+        let load = Load::Redeemed(Ok((ALICE, reads_of(ALICE.user))));
+        reader.fill(Wanted::Redeem(key), Ok(load));
+        // Its user's reads came with it: the stream waits no more.
+        assert!(!reader.needs_load(ALICE.user, None));
+        assert_eq!(reader.user_active(ALICE.user).ok(), Some(Some(true)));
+        assert!(
+            matches!(reader.redeemed(key), Some(Ok(Ok(c))) if c == ALICE),
+            "looking uses nothing"
+        );
+        assert!(matches!(reader.take_redeemed(key), Some(Ok(Ok(c))) if c == ALICE));
+        assert!(matches!(reader.take_redeemed(key), Some(Ok(Err(Refusal::Used)))));
+        reader.done_with(Wanted::Redeem(key), false);
+        assert!(reader.redeemed(key).is_none(), "dropped once served");
+        assert!(reader.needs_load(ALICE.user, None), "the view was not kept (keep = false)");
+    }
+
+    #[test]
+    fn an_untaken_ticket_waits_for_its_request_and_failures_do_not() {
+        let reader = cluster_reader();
+        let (held, failed) = (TicketKey([1; 32]), TicketKey([2; 32]));
+        reader.fill(Wanted::Redeem(held), Ok(Load::Redeemed(Ok((ALICE, reads_of(ALICE.user))))));
+        reader.fill(Wanted::Redeem(failed), Err(StoreError::Unavailable("down".to_string())));
+        // The request parked again (a write of its user in flight): the claims stay for it.
+        reader.done_with(Wanted::Redeem(held), true);
+        assert!(matches!(reader.redeemed(held), Some(Ok(Ok(_)))));
+        assert!(matches!(reader.take_redeemed(failed), Some(Err(StoreError::Unavailable(_)))));
+        reader.done_with(Wanted::Redeem(failed), true);
+        assert!(reader.redeemed(failed).is_none());
+        let refused = TicketKey([3; 32]);
+        reader.fill(Wanted::Redeem(refused), Ok(Load::Redeemed(Err(Refusal::Unknown))));
+        assert!(matches!(reader.redeemed(refused), Some(Ok(Err(Refusal::Unknown)))));
+    }
+
+    #[test]
+    fn a_minted_ticket_is_taken_once_by_claims() {
+        let reader = cluster_reader();
+        let wanted = MintFor::of(ALICE);
+        assert_eq!(wanted.claims(), ALICE);
+        let other = MintFor::of(Claims { expires_at: ALICE.expires_at + 1, ..ALICE });
+        assert!(!reader.has_minted(wanted));
+        let (minted, _) = crate::tickets::draw_shared().expect("kernel randomness");
+        let text = minted.as_str().to_string();
+        reader.fill(Wanted::Mint(wanted), Ok(Load::Minted(Ok(minted))));
+        assert!(reader.has_minted(wanted) && !reader.has_minted(other));
+        reader.done_with(Wanted::Mint(wanted), true);
+        match reader.take_minted(wanted) {
+            Some(Ok(Ok(m))) => assert_eq!(m.as_str(), text),
+            _ => panic!("the minted ticket was not held"),
+        }
+        assert!(reader.take_minted(wanted).is_none());
+        reader.fill(Wanted::Mint(wanted), Err(StoreError::Unavailable("down".to_string())));
+        reader.done_with(Wanted::Mint(wanted), true);
+        assert!(!reader.has_minted(wanted), "a failure is its waiting request's only");
+    }
+
+    #[test]
+    fn sqlite_keeps_no_shared_tickets() {
+        let dir = std::env::temp_dir().join(format!("periode-backend-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let store = Store::open(&dir.join("t.db")).expect("a SQLite file in a temp dir");
+        let reader = Backend::Sqlite(store).open_reader().expect("its reader");
+        assert!(!reader.shares_tickets());
+        assert!(reader.redeemed(TicketKey([0; 32])).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
