@@ -679,6 +679,14 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
         ),
         ("writes/s (writers)", fmt(t.writes_per_s, 0)),
         ("  probe fan-out p99 (ms)", fmt(t.writer_probe_p99, 3)),
+        (
+            "heartbeat lateness p99 idle / writes",
+            format!(
+                "{} / {}",
+                fmt(report["heartbeat"]["lateness"]["p99_ms"].as_f64(), 3),
+                fmt(report["writers"]["heartbeat_lateness"]["p99_ms"].as_f64(), 3)
+            ),
+        ),
         ("startup, existing db (ms)", fmt(report["startup"]["existing_db_ms"].as_f64(), 1)),
         (
             "failures",
