@@ -17,8 +17,9 @@
 # PostgreSQL and every node by pid at exit, also on error. About 3 minutes.
 #
 # Env: ROUNDS (default 300), STREAMS (1000), MEM_STREAMS (10000), WRITERS (32), WRITERS_SECS
-# (5), OUT (folder for the JSON reports; default a temp folder, kept), PG_BIN (default the
-# newest /usr/lib/postgresql/N/bin).
+# (5), OUT (folder for the JSON reports and the logs; default a temp folder, kept; the
+# PostgreSQL data directory is always deleted), PG_BIN (default the newest
+# /usr/lib/postgresql/N/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,8 +35,8 @@ cargo build --release --quiet --features postgres --bin periode-sse --bin period
 tool=$PWD/target/release/periode-density
 bin=$PWD/target/release/periode-sse
 
-work=$(mktemp -d /tmp/periode-cluster-bench.XXXXXX)
-out=${OUT:-$work}
+work=$(mktemp -d /tmp/periode-cluster-pg.XXXXXX)
+out=${OUT:-$(mktemp -d /tmp/periode-cluster-bench.XXXXXX)}
 mkdir -p "$out"
 reports="$out/cluster.jsonl"
 : >"$reports"
@@ -59,7 +60,7 @@ cleanup() {
   node_pids=()
   [ -n "$pg_pid" ] && stop_pid "$pg_pid" INT 10
   pg_pid=""
-  [ "$out" = "$work" ] || rm -rf "$work"
+  rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -93,11 +94,11 @@ if [ "$(id -u)" = 0 ]; then
 fi
 pg_port=$(free_port)
 "${as_pg[@]}" env LC_ALL=C "$pg_bin/initdb" -D "$work/pg" -A trust -U postgres -E UTF8 \
-  >"$work/initdb.log" 2>&1
+  >"$out/initdb.log" 2>&1
 # max_connections: each node holds a store and a listener connection (docs/cluster.md).
 "${as_pg[@]}" "$pg_bin/postgres" -D "$work/pg" -p "$pg_port" -c listen_addresses=127.0.0.1 \
   -c "unix_socket_directories=$work" -c max_connections=50 -c shared_buffers=64MB \
-  -c log_min_messages=fatal >"$work/pg.log" 2>&1 &
+  -c log_min_messages=fatal >"$out/pg.log" 2>&1 &
 pg_pid=$!
 psql() { "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -qAtc "$1"; }
 for i in $(seq 1 100); do psql 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
@@ -131,7 +132,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "reports: $reports" >&2
 
 run sqlite-1 --server "$bin" "${fanout_args[@]}"
-run pg-1 --server "$bin" --db "$(new_db pg1)" "${fanout_args[@]}"
+uri=$(new_db pg1) # not inside run's arguments, where a failure would not stop the script
+run pg-1 --server "$bin" --db "$uri" "${fanout_args[@]}"
 
 uri=$(new_db xnode)
 start_node cross-a "$uri" 1
@@ -155,7 +157,8 @@ node_pids=()
 
 mem_args=(--streams "$mem_streams" --fanout-posts 0 --quiet)
 run mem-sqlite --server "$bin" "${mem_args[@]}"
-run mem-pg --server "$bin" --db "$(new_db mem)" "${mem_args[@]}"
+uri=$(new_db mem)
+run mem-pg --server "$bin" --db "$uri" "${mem_args[@]}"
 
 # --- the tables ----------------------------------------------------------------------------
 jq -rs '
