@@ -166,10 +166,10 @@ jq -rs '
   def ratio(x; y): if x == null or y == null or y == 0 then "-" else (x / y * 100 | round / 100 | tostring) + "x" end;
   (map({(.label): .}) | add) as $by
   | $by["sqlite-1"] as $ref
-  | "| run | load | fan-out p50 / p99 ms (idle) | p99 vs sqlite-1 | heartbeat lateness p99 ms (idle) | writes/s (\(.[0].writers.writers // "-") closed-loop) | probe p99 ms during writes | vs idle p99 | heartbeat lateness p99 ms during writes | vs idle | streams/s to 99 % | failures |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  | "| run | load | fan-out p50 / p99 ms (idle) | p99 vs sqlite-1 | heartbeat lateness p99 ms (idle) | writes/s (\(.[0].writers.writers // "-") closed-loop) | probe p99 ms during writes | vs idle p99 | first -> last p99 ms idle / during writes | heartbeat lateness p99 ms during writes | vs idle | streams/s to 99 % | failures |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ( .[] | select(.label | startswith("mem-") | not)
-      | "| \(.label) | \(.load_average_before | split(" ")[0]) | \(r(.fanout.to_last_stream.p50_ms)) / \(r(.fanout.to_last_stream.p99_ms)) | \(ratio(.fanout.to_last_stream.p99_ms; $ref.fanout.to_last_stream.p99_ms)) | \(r(.heartbeat.lateness.p99_ms)) | \(r(.writers.writes_per_s)) | \(r(.writers.probe_fanout_to_last_stream.p99_ms)) | \(ratio(.writers.probe_fanout_to_last_stream.p99_ms; .fanout.to_last_stream.p99_ms)) | \(r(.writers.heartbeat_lateness.p99_ms)) | \(ratio(.writers.heartbeat_lateness.p99_ms; .heartbeat.lateness.p99_ms)) | \(r(.connect.streams_per_s_to_99pct)) | \(.failure_count) |" ),
+      | "| \(.label) | \(.load_average_before | split(" ")[0]) | \(r(.fanout.to_last_stream.p50_ms)) / \(r(.fanout.to_last_stream.p99_ms)) | \(ratio(.fanout.to_last_stream.p99_ms; $ref.fanout.to_last_stream.p99_ms)) | \(r(.heartbeat.lateness.p99_ms)) | \(r(.writers.writes_per_s)) | \(r(.writers.probe_fanout_to_last_stream.p99_ms)) | \(ratio(.writers.probe_fanout_to_last_stream.p99_ms; .fanout.to_last_stream.p99_ms)) | \(r(.fanout.first_to_last_stream.p99_ms)) / \(r(.writers.probe_first_to_last_stream.p99_ms)) | \(r(.writers.heartbeat_lateness.p99_ms)) | \(ratio(.writers.heartbeat_lateness.p99_ms; .heartbeat.lateness.p99_ms)) | \(r(.connect.streams_per_s_to_99pct)) | \(.failure_count) |" ),
     "",
     "| run | load | live streams | RSS before -> after (bytes) | RSS growth per idle stream (B) | server CPU per connect (us) | failures |",
     "|---|---|---|---|---|---|---|",
