@@ -20,6 +20,11 @@ Target:
   --secret TEXT                      HS256 key (default: env JWT_SECRET; --server makes one)
   --no-setup                         do not create users and limits (periode target)
   --label TEXT                       free text copied into the report
+  --write-addr HOST:PORT             send the fan-out probe's POSTs (and, without --node, the
+                                     writers') to this node instead of --addr (cluster mode:
+                                     write on node A, stream from node B)
+  --node HOST:PORT                   one more node of a cluster (repeatable): streams and
+                                     writers are spread round-robin over --addr and these
 
 Load:
   --streams N                        streams to open (default 1000)
@@ -72,6 +77,10 @@ pub struct Args {
     pub secret: Option<String>,
     pub setup: bool,
     pub label: Option<String>,
+    /// Where the probe's POSTs go (default `addr`).
+    pub write_addr: Option<SocketAddr>,
+    /// More nodes of one cluster, beside `addr`.
+    pub nodes: Vec<SocketAddr>,
     pub streams: usize,
     pub per_user: usize,
     pub window: usize,
@@ -101,6 +110,8 @@ pub fn parse_args() -> Result<Args, lexopt::Error> {
         secret: std::env::var("JWT_SECRET").ok(),
         setup: true,
         label: None,
+        write_addr: None,
+        nodes: Vec::new(),
         streams: 1000,
         per_user: 100,
         window: 1000,
@@ -136,6 +147,8 @@ pub fn parse_args() -> Result<Args, lexopt::Error> {
             Long("secret") => a.secret = Some(parser.value()?.string()?),
             Long("no-setup") => a.setup = false,
             Long("label") => a.label = Some(parser.value()?.string()?),
+            Long("write-addr") => a.write_addr = Some(parser.value()?.parse()?),
+            Long("node") => a.nodes.push(parser.value()?.parse()?),
             Long("streams") => a.streams = parser.value()?.parse()?,
             Long("per-user") => a.per_user = parser.value()?.parse::<usize>()?.max(1),
             Long("window") => a.window = parser.value()?.parse::<usize>()?.max(1),

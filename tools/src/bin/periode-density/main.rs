@@ -4,7 +4,11 @@
 //! bounded phases: connect rate and first-event latency; the server's RSS and PSS growth per
 //! stream; idle CPU; fan-out latency of one event to every stream of one user; CPU per
 //! heartbeat delivered (server at `--heartbeat 1`); durable writes per second from concurrent
-//! writers while fan-out latency is probed. One JSON object goes to stdout, a table to stderr.
+//! writers while fan-out latency is probed; how late other users' heartbeats come, idle and
+//! while the writers commit. One JSON object goes to stdout, a table to stderr.
+//!
+//! For cluster mode, `--write-addr` sends the probe's POSTs to another node than the streams'
+//! (cross-node fan-out), and `--node` spreads streams and writers over several nodes.
 //!
 //! It measures our server (`--target periode`, which it can start itself with `--server`) and
 //! the peers in `../shared/peers` (`axum`, `hono`, `nchan`) with the same client code.
@@ -190,6 +194,8 @@ fn report(args: &Args, tool: &mut Tool, m: Measured) -> (serde_json::Value, Tabl
         "label": args.label,
         "target": args.target.name(),
         "addr": args.addr.to_string(),
+        "write_addr": args.write_addr.map(|a| a.to_string()),
+        "nodes": args.nodes.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "pid": pid,
         "load_average_before": m.load_before,
         "load_average_after": procfs::load_average(),
@@ -494,8 +500,11 @@ fn measure_heartbeats(tool: &mut Tool, args: &Args, pid: Option<u32>) -> Heartbe
         let t0 = Instant::now();
         tool.counts.counting = true;
         tool.counts.counted = 0;
+        tool.counts.lateness = Sample::default();
+        tool.counts.lateness_on = true;
         tool.pump(t0 + Duration::from_secs(args.heartbeat_window), |_| false);
         tool.counts.counting = false;
+        tool.counts.lateness_on = false;
         let window = t0.elapsed().as_secs_f64();
         let cpu_b = pid.and_then(procfs::cpu);
         let tool_b = procfs::self_cpu_us();
@@ -519,6 +528,7 @@ fn measure_heartbeats(tool: &mut Tool, args: &Args, pid: Option<u32>) -> Heartbe
             "system_us_per_heartbeat": system,
             "schedstat_us_per_heartbeat": run,
             "tool_cpu_us_per_heartbeat": per((tool_b - tool_a) as f64),
+            "lateness": tool.counts.lateness.summary(),
         });
     }
     HeartbeatFigures { report: heartbeat, cpu_per_heartbeat: cpu_per_hb }
@@ -669,6 +679,14 @@ fn print_table(args: &Args, report: &serde_json::Value, t: &Table, tool: &Tool) 
         ),
         ("writes/s (writers)", fmt(t.writes_per_s, 0)),
         ("  probe fan-out p99 (ms)", fmt(t.writer_probe_p99, 3)),
+        (
+            "heartbeat lateness p99 idle / writes",
+            format!(
+                "{} / {}",
+                fmt(report["heartbeat"]["lateness"]["p99_ms"].as_f64(), 3),
+                fmt(report["writers"]["heartbeat_lateness"]["p99_ms"].as_f64(), 3)
+            ),
+        ),
         ("startup, existing db (ms)", fmt(report["startup"]["existing_db_ms"].as_f64(), 1)),
         (
             "failures",
@@ -697,6 +715,12 @@ fn run_writers(
     tool.writers.every = every;
     let mut probe = Sample::default();
     std::mem::swap(&mut probe, &mut tool.fanout.to_last);
+    // The fan-out itself (first stream to last), without the probe's own commit, which on a
+    // busy store waits in the queue with the writers'.
+    let mut probe_spread = Sample::default();
+    std::mem::swap(&mut probe_spread, &mut tool.fanout.first_to_last);
+    tool.counts.lateness = Sample::default();
+    tool.counts.lateness_on = true;
     let t0 = Instant::now();
     let cpu_a = pid.and_then(procfs::cpu);
     tool.writers.on = true;
@@ -705,6 +729,7 @@ fn run_writers(
     tool.fanout.next_probe_at = t0;
     tool.pump(t0 + Duration::from_secs(args.writers_secs), |_| false);
     tool.writers.on = false;
+    tool.counts.lateness_on = false;
     tool.fanout.probes_left = 0;
     let window = t0.elapsed().as_secs_f64();
     let ok = tool.writers.ok;
@@ -715,6 +740,7 @@ fn run_writers(
     tool.fanout.round = None;
     let cpu_b = pid.and_then(procfs::cpu);
     std::mem::swap(&mut probe, &mut tool.fanout.to_last);
+    std::mem::swap(&mut probe_spread, &mut tool.fanout.first_to_last);
     let report = json!({
         "writers": args.writers,
         "writers_rate": every.map(|e| 1.0 / e.as_secs_f64()),
@@ -724,6 +750,8 @@ fn run_writers(
         "writes_per_s": ok as f64 / window,
         "write_latency": tool.writers.latency.summary(),
         "probe_fanout_to_last_stream": probe.summary(),
+        "probe_first_to_last_stream": probe_spread.summary(),
+        "heartbeat_lateness": tool.counts.lateness.summary(),
         "server_cpu_s": match (cpu_a, cpu_b) {
             (Some(a), Some(b)) => json!((b.total_us() - a.total_us()) as f64 / 1e6),
             _ => json!(null),

@@ -37,6 +37,8 @@ pub struct Stream {
     established: bool,
     /// The last fan-out round this stream was counted in.
     round_seen: u32,
+    /// When its last heartbeat arrived (for the lateness of the next one).
+    last_beat: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub enum HttpRole {
 /// A keep-alive client connection for POSTs: the fan-out probe, or one writer.
 pub struct HttpConn {
     sock: Option<TcpStream>,
+    /// The node it POSTs to.
+    addr: SocketAddr,
     connected: bool,
     role: HttpRole,
     out: Vec<u8>,
@@ -75,7 +79,8 @@ pub const ROUND_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Tool {
     pub poll: Poll,
     pub target: Target,
-    pub addr: SocketAddr,
+    /// Where streams connect, round-robin: `--addr`, then every `--node`.
+    pub nodes: Vec<SocketAddr>,
     /// Token of user `u` at index `u - 1` (empty strings for nchan).
     pub tokens: Vec<String>,
     pub streams: Vec<Stream>,
@@ -131,6 +136,13 @@ pub struct Counts {
     pub counting: bool,
     pub counted: u64,
     pub notifications: u64,
+    /// The server's heartbeat period, to tell how late each heartbeat came.
+    pub period: Duration,
+    /// While set, each heartbeat's lateness (time since the stream's previous heartbeat,
+    /// minus the period, at least zero) on streams of users other than the fan-out user,
+    /// whose notifications move their heartbeats.
+    pub lateness_on: bool,
+    pub lateness: Sample,
 }
 
 /// The writers phase.
@@ -160,14 +172,24 @@ impl Tool {
                 sse: SseScan::new(),
                 established: false,
                 round_seen: 0,
+                last_beat: None,
             })
             .collect();
         let user_streams = (0..args.streams).filter(|&i| streams[i].user == FANOUT_USER).collect();
         let roles = std::iter::once(HttpRole::Probe)
             .chain((0..args.writers as u64).map(|w| HttpRole::Writer { user: users + 1 + w }));
+        let nodes: Vec<SocketAddr> = std::iter::once(args.addr).chain(args.nodes.clone()).collect();
+        let probe_addr = args.write_addr.unwrap_or(args.addr);
+        // Writers go where the probe goes, or spread over the nodes when there are several.
+        let writer_addr = |w: usize| match args.nodes.is_empty() {
+            true => probe_addr,
+            false => nodes[w % nodes.len()],
+        };
         let https = roles
-            .map(|role| HttpConn {
+            .enumerate()
+            .map(|(j, role)| HttpConn {
                 sock: None,
+                addr: if j == 0 { probe_addr } else { writer_addr(j - 1) },
                 connected: false,
                 role,
                 out: Vec::new(),
@@ -180,7 +202,7 @@ impl Tool {
         Ok(Tool {
             poll: Poll::new().map_err(|e| format!("epoll: {e}"))?,
             target: args.target,
-            addr: args.addr,
+            nodes,
             tokens,
             streams,
             https,
@@ -214,7 +236,10 @@ impl Tool {
                 timeouts: 0,
                 user_streams,
             },
-            counts: Counts::default(),
+            counts: Counts {
+                period: Duration::from_secs(args.heartbeat_secs),
+                ..Counts::default()
+            },
             writers: Writers {
                 on: false,
                 every: None,
@@ -377,7 +402,8 @@ impl Tool {
             let i = self.connect.next_open;
             self.connect.next_open += 1;
             let from = self.connect.spread.then(|| Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8));
-            let mut sock = match sock::connect_from(from, self.addr) {
+            let to = self.nodes[i % self.nodes.len()];
+            let mut sock = match sock::connect_from(from, to) {
                 Ok(s) => s,
                 Err(e) => {
                     self.fail(format!("connect_error:{}", errno_name(&e)));
@@ -519,6 +545,12 @@ impl Tool {
                 if self.counts.counting {
                     self.counts.counted += 1;
                 }
+                if let Some(prev) = s.last_beat.replace(now) {
+                    if self.counts.lateness_on && s.user != FANOUT_USER {
+                        let gap = now.duration_since(prev);
+                        self.counts.lateness.push(gap.saturating_sub(self.counts.period));
+                    }
+                }
             }
             Kind::Notification => {
                 self.counts.notifications += 1;
@@ -620,7 +652,7 @@ impl Tool {
         h.busy = true;
         h.sent_at = now;
         if h.sock.is_none() {
-            match sock::connect_from(None, self.addr) {
+            match sock::connect_from(None, h.addr) {
                 Ok(mut sock) => {
                     if let Err(e) = self.poll.registry().register(
                         &mut sock,
