@@ -57,20 +57,6 @@ fn open_ticket(server: &Server, target_query: &str) -> Stream {
     Stream::open(server.addr, "", &format!("{STREAM}?{target_query}"))
 }
 
-fn get_with_ticket(server: &Server, ticket: &str) -> Response {
-    server.get(&format!("{STREAM}?ticket={ticket}"), None)
-}
-
-fn assert_invalid_ticket(r: &Response, context: &str) {
-    assert_error(r, 401, Some("invalid_token"), context);
-    assert_eq!(
-        r.header("WWW-Authenticate").as_deref(),
-        Some("Bearer error=\"invalid_token\""),
-        "{context}"
-    );
-    assert_eq!(r.header("Cache-Control").as_deref(), Some("no-store"), "{context}");
-}
-
 /// Every line of both logs is free of every ticket, and of any `ticket=` query.
 fn assert_no_ticket_logged(nodes: &[&Server], tickets: &[String]) {
     for server in nodes {

@@ -35,21 +35,6 @@ fn open_ticket(server: &Server, ticket: &str) -> Stream {
     Stream::open(server.addr, "", &format!("{STREAM}?ticket={ticket}"))
 }
 
-/// A one-shot GET of the stream with only a ticket, read as an ordinary answer.
-fn get_with_ticket(server: &Server, ticket: &str) -> Response {
-    server.get(&format!("{STREAM}?ticket={ticket}"), None)
-}
-
-fn assert_invalid_ticket(r: &Response, context: &str) {
-    assert_error(r, 401, Some("invalid_token"), context);
-    assert_eq!(
-        r.header("WWW-Authenticate").as_deref(),
-        Some("Bearer error=\"invalid_token\""),
-        "{context}"
-    );
-    assert_eq!(r.header("Cache-Control").as_deref(), Some("no-store"), "{context}");
-}
-
 #[test]
 fn a_ticket_is_minted_201_no_store_with_30_seconds() {
     let server = Server::start(&[]);

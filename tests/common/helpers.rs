@@ -742,3 +742,19 @@ pub fn admin_month_limit(user: i64, max: i64, alert: &str) -> String {
         r#"{{"userId":{user},"maxLimit":{max},"alertPercentage":{alert},"periodeStart":"{start}","periodeEnd":"{end}"}}"#
     )
 }
+
+/// A one-shot GET of the stream with only a ticket (no Authorization), read as an answer.
+pub fn get_with_ticket(server: &Server, ticket: &str) -> Response {
+    server.get(&format!("{STREAM}?ticket={ticket}"), None)
+}
+
+/// The refusal of a used, expired, unknown or malformed ticket (SPEC §8).
+pub fn assert_invalid_ticket(r: &Response, context: &str) {
+    assert_error(r, 401, Some("invalid_token"), context);
+    assert_eq!(
+        r.header("WWW-Authenticate").as_deref(),
+        Some("Bearer error=\"invalid_token\""),
+        "{context}"
+    );
+    assert_eq!(r.header("Cache-Control").as_deref(), Some("no-store"), "{context}");
+}
