@@ -62,6 +62,14 @@ fn print_token(args: &TokenArgs) -> Result<(), String> {
 }
 
 fn backup(args: &BackupArgs) -> Result<(), String> {
+    // `backup` copies a SQLite file. A PostgreSQL `--db` would otherwise be taken for a
+    // missing file's path, echoing the URI (and its password); say what to use instead.
+    if periode_sse::backend::names_postgres(&args.db) {
+        return Err("backup copies a SQLite database file, and --db names PostgreSQL: back it \
+                    up with PostgreSQL's own tools, e.g. `pg_dump --format=custom --file=DEST \
+                    DBNAME` (the tokens' key is JWT_SECRET: keep it with the dump)"
+            .to_string());
+    }
     let done = store::backup(&args.db, &args.dest).map_err(|e| e.to_string())?;
     eprintln!(
         "periode-sse: backup of {} written to {} ({} bytes)",
