@@ -58,6 +58,10 @@ pub async fn ensure(client: &mut tokio_postgres::Client, uri: &PgUri) -> Result<
     let sql = |e: tokio_postgres::Error| classify(uri, &e);
     let tx = client.transaction().await.map_err(sql)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(sql)?;
+    // Every start after the first finds the tables there, and PostgreSQL says so in a NOTICE
+    // per table, which the client logs: six lines of noise at each start, and more than the
+    // one line a refused start must be. For this transaction only.
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await.map_err(sql)?;
     tx.batch_execute(SCHEMA).await.map_err(sql)?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
