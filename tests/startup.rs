@@ -68,6 +68,9 @@ fn stop(mut server: Server) -> Arc<TempDir> {
 
 #[test]
 fn a_second_server_on_one_file_is_refused_and_kill_9_frees_it() {
+    if common::pg::sqlite_only("the SQLite file's lock (a second node on one PostgreSQL database is cluster mode: tests/cluster.rs)") {
+        return;
+    }
     let first = Server::start_with(Options::default());
     let db = first.db.to_str().unwrap().to_string();
     assert_refused(
@@ -115,6 +118,9 @@ fn databases_that_would_not_survive_a_restart_are_refused_before_anything_is_wri
 
 #[test]
 fn a_read_only_database_is_refused_even_for_root() {
+    if common::pg::sqlite_only("the SQLite file's mode") {
+        return;
+    }
     let dir = stop(Server::start(&[]));
     let db = common::db_path(&dir.0);
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
@@ -128,6 +134,9 @@ fn a_read_only_database_is_refused_even_for_root() {
 
 #[test]
 fn a_damaged_database_is_refused_with_what_to_do() {
+    if common::pg::sqlite_only("the SQLite file's pages") {
+        return;
+    }
     let dir = stop(Server::start(&[]));
     let db = common::db_path(&dir.0);
     let mut bytes = std::fs::read(&db).unwrap();
@@ -150,6 +159,9 @@ fn a_damaged_database_is_refused_with_what_to_do() {
 
 #[test]
 fn a_database_from_a_newer_binary_is_refused_and_an_unversioned_one_migrates() {
+    if common::pg::enabled() {
+        return a_postgresql_schema_from_a_newer_binary_is_refused();
+    }
     let dir = stop(Server::start(&[]));
     let db = common::db_path(&dir.0);
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -172,14 +184,91 @@ fn a_database_from_a_newer_binary_is_refused_and_an_unversioned_one_migrates() {
     );
 }
 
+/// PostgreSQL's schema version is the `meta` table's `schema_version` (src/pg/schema.rs). It
+/// was there from the first PostgreSQL database on, so there is no unversioned one to migrate.
+fn a_postgresql_schema_from_a_newer_binary_is_refused() {
+    let dir = stop(Server::start(&[]));
+    let version = "SELECT value FROM meta WHERE key = 'schema_version'";
+    assert_eq!(common::pg::psql_for(&dir.0, version), "1", "a new database records version 1");
+    common::pg::psql_for(&dir.0, "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
+    let password = "hunter2-schema-pw";
+    let uri =
+        common::pg::database_for(&dir.0).replacen("postgres@", &format!("postgres:{password}@"), 1);
+    let (code, stderr) = run(&serve_args(&uri, "127.0.0.1:0"), &[("JWT_SECRET", SECRET)], &dir.0);
+    assert!(!stderr.contains(password), "the password leaked: {stderr}");
+    assert_refused(
+        (code, stderr),
+        &["schema version is \"2\", newer than this binary's 1", "upgrade periode-sse"],
+    );
+    assert_eq!(common::pg::psql_for(&dir.0, version), "2", "the refusal changed nothing");
+    // Back to this binary's version, the same database serves again, its data intact.
+    common::pg::psql_for(&dir.0, "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+    let server = Server::start_with(Options { dir: Some(dir), ..Options::default() });
+    let status = server.get(common::STATUS, Some(&server.token(13)));
+    assert_eq!(status.json()["currentSpending"], 267000, "{}", status.body);
+}
+
+/// What a PostgreSQL `--db` adds to the refusals an operator meets at start-up (on a
+/// PostgreSQL run only): a server nobody listens for, a wrong password, a database that does
+/// not exist. Each is one line and a non-zero exit, the URI shown with its password masked,
+/// and it comes at once: a node that cannot reach its database does not start half-way.
+#[cfg(feature = "postgres")]
+#[test]
+fn an_unreachable_postgresql_a_wrong_password_and_a_missing_database_are_refused() {
+    if !common::pg::enabled() {
+        return;
+    }
+    let dir = TempDir::new();
+    let pg = common::pg::cluster();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    common::pg::role_with_password("periode_pw", "right-password");
+    let cases = [
+        (
+            format!("postgres://periode:hunter2-pw@127.0.0.1:{closed}/periode?sslmode=disable"),
+            "postgres://periode:***@127.0.0.1",
+            "Connection refused",
+        ),
+        (
+            format!(
+                "postgres://periode_pw:hunter2-pw@127.0.0.1:{}/postgres?sslmode=disable",
+                pg.port
+            ),
+            "postgres://periode_pw:***@127.0.0.1",
+            "password authentication failed",
+        ),
+        (
+            format!(
+                "postgres://postgres:hunter2-pw@127.0.0.1:{}/no_such_db?sslmode=disable",
+                pg.port
+            ),
+            "postgres://postgres:***@127.0.0.1",
+            "\"no_such_db\" does not exist",
+        ),
+    ];
+    for (uri, shown, why) in &cases {
+        let started = Instant::now();
+        let (code, stderr) =
+            run(&serve_args(uri, "127.0.0.1:0"), &[("JWT_SECRET", SECRET)], &dir.0);
+        assert!(started.elapsed() < Duration::from_secs(10), "{uri}: {:?}", started.elapsed());
+        assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+        assert_refused((code, stderr), &[shown, why]);
+    }
+    // The right password starts a node.
+    let uri = format!(
+        "postgres://periode_pw:right-password@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port
+    );
+    let server = Server::start_with(Options { args: &["--db", &uri], ..Options::default() });
+    server.log.wait_for("postgres://periode_pw:***@127.0.0.1", 0, Duration::from_secs(5));
+}
+
 #[test]
 fn a_demo_start_that_cannot_bind_changes_nothing() {
     let dir = stop(Server::start_with(Options::default()));
-    let db = common::db_path(&dir.0);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
     let (code, stderr) = run(
-        &["serve", "--demo", "--db", db.to_str().unwrap(), "--listen", &port],
+        &["serve", "--demo", "--db", &common::pg::db_arg(&dir.0), "--listen", &port],
         &[("JWT_SECRET", SECRET)],
         &dir.0,
     );
@@ -193,6 +282,9 @@ fn a_demo_start_that_cannot_bind_changes_nothing() {
 
 #[test]
 fn the_database_and_its_wal_are_private() {
+    if common::pg::sqlite_only("the modes of the SQLite file and its WAL") {
+        return;
+    }
     let server = Server::start(&[]);
     let r = server.send_json("POST", common::TRANSACTIONS, &server.token(13), r#"{"amount":1}"#);
     assert_eq!(r.status, 201, "{}", r.body);
@@ -205,6 +297,11 @@ fn the_database_and_its_wal_are_private() {
 
 #[test]
 fn a_key_file_others_can_read_is_refused_with_the_chmod() {
+    if common::pg::sqlite_only(
+        "the <db>.secret key file (PostgreSQL takes JWT_SECRET only: tests/cluster.rs)",
+    ) {
+        return;
+    }
     let dir = TempDir::new();
     let db = common::db_path(&dir.0);
     let key = format!("{}.secret", db.display());
@@ -234,6 +331,9 @@ fn a_key_file_others_can_read_is_refused_with_the_chmod() {
 
 #[test]
 fn bad_database_paths_say_what_is_wrong() {
+    if common::pg::sqlite_only("SQLite file paths (directories, devices, symlinks)") {
+        return;
+    }
     let dir = TempDir::new();
     let here = dir.0.to_str().unwrap();
     let missing = format!("{here}/no/such/dir/p.db");

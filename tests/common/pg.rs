@@ -62,3 +62,73 @@ extern "C" fn stop_cluster() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// For a test whose subject is the SQLite file itself (its modes, its lock, its `.secret`, a
+/// disk under it, a copy of it): true on a PostgreSQL run, after one line saying why, and the
+/// test returns. The line goes straight to stderr, past the test harness's capture, so that a
+/// run shows what it did not test.
+pub fn sqlite_only(why: &str) -> bool {
+    if !enabled() {
+        return false;
+    }
+    let current = std::thread::current();
+    let test = current.name().filter(|n| *n != "main").unwrap_or("a test");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped on PostgreSQL: {test}: {why}");
+    true
+}
+
+/// The `--db` the harness gives a server in `dir`: its PostgreSQL URI on a PostgreSQL run,
+/// else the SQLite file's path.
+pub fn db_arg(dir: &Path) -> String {
+    if enabled() {
+        database_for(dir)
+    } else {
+        super::db_path(dir).to_string_lossy().into_owned()
+    }
+}
+
+/// A login role that must give `password` over TCP (SCRAM; every other role keeps trust),
+/// made once per name on the binary's cluster: for the start-up refusals a bad password
+/// gives. Returns once the server enforces it.
+pub fn role_with_password(name: &str, password: &str) {
+    let pg = cluster();
+    pg.psql(
+        "postgres",
+        &format!(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE {name} LOGIN SUPERUSER PASSWORD '{password}'"
+        ),
+    );
+    let hba = pg.data().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    // The first matching line wins: this one before the template's trust lines.
+    let rules = format!("host all {name} 127.0.0.1/32 scram-sha-256\n{rules}");
+    std::fs::write(&hba, rules).expect("write pg_hba.conf");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    // The reload is a signal to the postmaster: wait until a wrong password is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = !std::process::Command::new(pg_harness::bin_dir().join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-p", &pg.port.to_string()])
+            .args(["-U", name, "-d", "postgres", "-w", "-c", "SELECT 1"])
+            .env("PGPASSWORD", "not-the-password")
+            .env("PGCONNECT_TIMEOUT", "2")
+            .output()
+            .expect("run psql")
+            .status
+            .success();
+        if refused {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pg_hba.conf not reloaded within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `sql` on the database that belongs to `dir` (see `database_for`); psql's output.
+pub fn psql_for(dir: &Path, sql: &str) -> String {
+    let uri = database_for(dir);
+    let name = uri.rsplit('/').next().and_then(|tail| tail.split('?').next()).unwrap_or("");
+    cluster().psql(name, sql)
+}
