@@ -38,6 +38,11 @@ fn token(user: i64, key: &str) -> String {
 
 #[test]
 fn a_backup_taken_while_writes_go_on_restores_to_a_working_server() {
+    if common::pg::sqlite_only(
+        "a copy of the SQLite file (a PostgreSQL --db is refused: the test below)",
+    ) {
+        return;
+    }
     // No JWT_SECRET: the server generates <db>.secret, which the backup must carry.
     let server =
         Server::start_with(Options { args: &["--demo"], secret: None, ..Options::default() });
@@ -144,4 +149,32 @@ fn backup_refuses_what_it_cannot_do_well() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{args:?}");
     }
     assert!(!dest.exists() && !missing.exists());
+}
+
+/// `backup` copies a SQLite file: a PostgreSQL `--db` is refused in one line that says what
+/// to use instead, never shows the URI's password, and writes nothing. On a PostgreSQL run
+/// the URI is a live server's database; on SQLite (even without the feature) one nobody
+/// listens for: the answer must not depend on it.
+#[test]
+fn a_postgresql_database_is_refused_with_what_to_use_instead() {
+    let password = "hunter2-backup-pw";
+    let server = common::pg::enabled().then(|| Server::start(&[]));
+    let uri = match &server {
+        Some(server) => common::pg::database_for(&server.dir.0).replacen(
+            "postgres@",
+            &format!("postgres:{password}@"),
+            1,
+        ),
+        None => format!("postgres://periode:{password}@127.0.0.1:1/periode"),
+    };
+    let out_dir = TempDir::new();
+    let dest = out_dir.0.join("copy.db");
+    let out = backup(&[dest.to_str().unwrap(), "--db", &uri]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("copies a SQLite database file") && err.contains("pg_dump"), "{err}");
+    assert!(!err.contains(password), "the password leaked: {err}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir.0).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -8,6 +8,11 @@ use common::*;
 
 #[test]
 fn token_subcommand_and_server_share_the_generated_secret() {
+    if pg::sqlite_only(
+        "the <db>.secret key file beside the SQLite file (PostgreSQL takes JWT_SECRET only)",
+    ) {
+        return;
+    }
     let dir = Arc::new(TempDir::new());
     let db = db_path(&dir.0);
     // The server makes the key on its first start; `token` only ever reads it (SPEC §1).

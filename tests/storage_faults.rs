@@ -47,6 +47,9 @@ fn after_deletion(replace: bool) -> (Server, Vec<common::Response>) {
 
 #[test]
 fn no_write_is_acknowledged_into_deleted_or_replaced_files() {
+    if common::pg::sqlite_only("the SQLite files deleted or replaced under the server") {
+        return;
+    }
     for replace in [false, true] {
         let (server, answers) = after_deletion(replace);
         for r in &answers {
@@ -69,6 +72,11 @@ fn no_write_is_acknowledged_into_deleted_or_replaced_files() {
 
 #[test]
 fn writes_into_deleted_files_answer_503_storage_unavailable() {
+    if common::pg::sqlite_only(
+        "the SQLite files deleted under the server (PostgreSQL stopped: tests/cluster_faults.rs)",
+    ) {
+        return;
+    }
     let (server, answers) = after_deletion(false);
     for r in answers {
         assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("storage_unavailable")));
@@ -148,6 +156,9 @@ fn on_a_full_disk(check: impl FnOnce(&Server, Vec<common::Response>)) {
 
 #[test]
 fn a_full_disk_refuses_writes_cleanly_and_recovers() {
+    if common::pg::sqlite_only("a full tmpfs under the SQLite file") {
+        return;
+    }
     on_a_full_disk(|server, answers| {
         let refused: Vec<_> = answers.iter().filter(|r| r.status != 201).collect();
         assert!(!refused.is_empty(), "the disk never filled");
@@ -161,6 +172,9 @@ fn a_full_disk_refuses_writes_cleanly_and_recovers() {
 
 #[test]
 fn a_full_disk_answers_507_insufficient_storage() {
+    if common::pg::sqlite_only("a full tmpfs under the SQLite file") {
+        return;
+    }
     on_a_full_disk(|_server, answers| {
         for r in answers.iter().filter(|r| r.status != 201) {
             assert!(
@@ -178,6 +192,9 @@ fn a_full_disk_answers_507_insufficient_storage() {
 
 #[test]
 fn a_start_on_a_full_disk_is_refused_with_the_reason() {
+    if common::pg::sqlite_only("a full tmpfs under the SQLite file") {
+        return;
+    }
     let dir = TempDir::new();
     let Some(disk) = SmallDisk::mount(&dir.0, 1 << 20) else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
