@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s (%d s so far)\n' "$*" "$SECONDS"; }
 
 need_pkgs=()
 if [ -z "${PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
@@ -40,13 +40,23 @@ step "several nodes on one PostgreSQL"
 cargo test --features postgres --test cluster --test cluster_faults --test cluster_tickets
 
 # The whole integration suite once more, every server on a throwaway PostgreSQL
-# (tests/common/pg.rs). Skipped here, because they inspect or break the SQLite file itself
-# (they run on SQLite in the ordinary `cargo test`): startup (file checks, locks, modes),
-# storage (kill -9 of the file's writes, the <db>.secret file, demo reseeding on one file),
-# storage_faults (deleted files, full disk), backup (a copy of the file), ops (the database
-# file's size on /metrics); and systemd, whose readiness protocol does not depend on the
-# backend (not run against PostgreSQL yet). cli runs its own commands, mostly on SQLite paths.
+# (tests/common/pg.rs; one cluster per test binary, a database per server directory). Every
+# binary runs. The tests whose subject is the SQLite file itself return at once on PostgreSQL,
+# each printing `skipped on PostgreSQL: <test>: <why>` (tests/common/pg.rs, `sqlite_only`):
+#   startup        the file's lock, its mode, damaged pages, the file's and WAL's modes, the
+#                  <db>.secret key file, file paths (directories, devices, symlinks)
+#   storage        the <db>.secret key file the server generates
+#   storage_faults all five: files deleted or replaced under the server, a full tmpfs
+#   backup         the copy of the file (a PostgreSQL --db is refused, tested on both)
+# Everything else runs on PostgreSQL, adapted where the backend differs: startup's newer
+# schema (the `meta` table's version), an unreachable server, a wrong password and a missing
+# database; ops' /metrics has no file size; the rest (kill -9, demo seeding, replay,
+# readiness, signals, /metrics) unchanged. cli runs its own commands, mostly on SQLite paths.
 step "the integration tests against PostgreSQL"
 PERIODE_SSE_TEST_PG=1 cargo test --features postgres \
-  --test auth --test cli --test http --test http_rules --test lifecycle --test properties \
-  --test rotation --test stream --test stream_rules --test tickets --test writes
+  --test auth --test backup --test cli --test http --test http_rules --test lifecycle \
+  --test ops --test properties --test rotation --test startup --test storage \
+  --test storage_faults --test stream --test stream_rules --test systemd --test tickets \
+  --test writes
+
+step "done"
