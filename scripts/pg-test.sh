@@ -45,13 +45,13 @@ cargo test --features postgres --test cluster --test cluster_faults --test clust
 # each printing `skipped on PostgreSQL: <test>: <why>` (tests/common/pg.rs, `sqlite_only`):
 #   startup        the file's lock, its mode, damaged pages, the file's and WAL's modes, the
 #                  <db>.secret key file, file paths (directories, devices, symlinks)
-#   storage        the <db>.secret key file the server generates
 #   storage_faults all five: files deleted or replaced under the server, a full tmpfs
 #   backup         the copy of the file (a PostgreSQL --db is refused, tested on both)
 # Everything else runs on PostgreSQL, adapted where the backend differs: startup's newer
 # schema (the `meta` table's version), an unreachable server, a wrong password and a missing
-# database; ops' /metrics has no file size; the rest (kill -9, demo seeding, replay,
-# readiness, signals, /metrics) unchanged. cli runs its own commands, mostly on SQLite paths.
+# database; storage's `token` shares JWT_SECRET with the server (no <db>.secret); ops'
+# /metrics has no file size; the rest (kill -9, demo seeding, replay, readiness, signals,
+# /metrics) unchanged. cli runs its own commands, mostly on SQLite paths.
 step "the integration tests against PostgreSQL"
 PERIODE_SSE_TEST_PG=1 cargo test --features postgres \
   --test auth --test backup --test cli --test http --test http_rules --test lifecycle \

@@ -8,10 +8,8 @@ use common::*;
 
 #[test]
 fn token_subcommand_and_server_share_the_generated_secret() {
-    if pg::sqlite_only(
-        "the <db>.secret key file beside the SQLite file (PostgreSQL takes JWT_SECRET only)",
-    ) {
-        return;
+    if pg::enabled() {
+        return token_subcommand_and_a_postgresql_server_share_jwt_secret();
     }
     let dir = Arc::new(TempDir::new());
     let db = db_path(&dir.0);
@@ -68,6 +66,23 @@ fn token_subcommand_and_server_share_the_generated_secret() {
     assert_eq!(server.get(HEALTH, Some(&server.token(13))).status, 401);
     // The file is reused, not regenerated.
     assert_eq!(std::fs::read_to_string(&secret_path).unwrap(), text);
+}
+
+/// With PostgreSQL there is no key file to generate: `token` and every node take
+/// `JWT_SECRET` (SPEC §7), so a token that `token` prints for the same `--db` opens the
+/// server's routes, and nothing is written beside anything.
+fn token_subcommand_and_a_postgresql_server_share_jwt_secret() {
+    let server = Server::start(&[]);
+    let uri = pg::database_for(&server.dir.0);
+    let token = run_token(&["13"], std::path::Path::new(&uri), Some(SECRET));
+    let r = server.get(HEALTH, Some(&token));
+    assert_eq!(r.status, 200, "token from `periode-sse token` rejected: {r:?}");
+    assert_json(&r.json(), &health_json(13, 0, 0), "health with a token from `token`");
+    let files: Vec<_> = std::fs::read_dir(&server.dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["pg-database"], "only the harness's marker");
 }
 
 #[test]
