@@ -447,7 +447,7 @@ impl Reader {
         match (after, view) {
             // An id above the latest is answered with a snapshot: nothing to replay.
             (Some(after), Some(v)) if after < v.last_id => {
-                !loaded.replays.borrow().get(&user).is_some_and(|r| r.after == after)
+                loaded.replays.borrow().get(&user).is_none_or(|r| r.after != after)
             }
             _ => false,
         }

@@ -235,7 +235,7 @@ impl PgStore {
                 CALL_DEADLINE.as_millis()
             )),
         };
-        let closed = self.client.borrow().as_ref().map_or(true, |c| c.is_closed());
+        let closed = self.client.borrow().as_ref().is_none_or(|c| c.is_closed());
         if error.is_unavailable() || closed {
             *self.client.borrow_mut() = None;
             if self.in_batch.get() {

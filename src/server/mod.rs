@@ -828,7 +828,7 @@ impl Server {
         }
         let mut to_close = std::mem::take(&mut self.ctx.to_close);
         for key in to_close.drain(..) {
-            if !self.conns.get(key.index()).is_some_and(|c| c.gen == key.generation()) {
+            if self.conns.get(key.index()).is_none_or(|c| c.gen != key.generation()) {
                 continue;
             }
             let conn = self.conns.remove(key.index());
