@@ -48,8 +48,8 @@ cargo test --features postgres --test cluster --test cluster_faults --test clust
 #   storage_faults all five: files deleted or replaced under the server, a full tmpfs
 #   backup         the copy of the file (a PostgreSQL --db is refused, tested on both)
 # Everything else runs on PostgreSQL, adapted where the backend differs: startup's newer
-# schema (the `meta` table's version), an unreachable server, a wrong password and a missing
-# database; storage's `token` shares JWT_SECRET with the server (no <db>.secret); ops'
+# schema (the `meta` table's version), a server refusing or never answering, a wrong
+# password, a missing database, sslmode=require without TLS; storage's `token` shares JWT_SECRET with the server (no <db>.secret); ops'
 # /metrics has no file size; the rest (kill -9, demo seeding, replay, readiness, signals,
 # /metrics) unchanged. cli runs its own commands, mostly on SQLite paths.
 step "the integration tests against PostgreSQL"

@@ -209,19 +209,28 @@ fn a_postgresql_schema_from_a_newer_binary_is_refused() {
 }
 
 /// What a PostgreSQL `--db` adds to the refusals an operator meets at start-up (on a
-/// PostgreSQL run only): a server nobody listens for, a wrong password, a database that does
-/// not exist. Each is one line and a non-zero exit, the URI shown with its password masked,
-/// and it comes at once: a node that cannot reach its database does not start half-way.
+/// PostgreSQL run only): a server nobody listens for, one that accepts and never answers, a
+/// wrong password, a database that does not exist, `sslmode=require` against a server without
+/// TLS. Each is one line and a non-zero exit, within seconds, naming the URI with its password
+/// masked: a node that cannot use its database does not start half-way.
 #[cfg(feature = "postgres")]
 #[test]
-fn an_unreachable_postgresql_a_wrong_password_and_a_missing_database_are_refused() {
+fn postgresql_start_up_refusals_are_one_line_with_the_password_masked() {
     if !common::pg::enabled() {
         return;
     }
     let dir = TempDir::new();
     let pg = common::pg::cluster();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The kernel completes its handshakes; nobody ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
     common::pg::role_with_password("periode_pw", "right-password");
+    // A database of its own, so that the node which starts at the end makes its tables there.
+    let own = TempDir::new();
+    let database = common::pg::database_for(&own.0);
+    let as_role =
+        |password: &str| database.replacen("postgres@", &format!("periode_pw:{password}@"), 1);
     let cases = [
         (
             format!("postgres://periode:hunter2-pw@127.0.0.1:{closed}/periode?sslmode=disable"),
@@ -230,9 +239,13 @@ fn an_unreachable_postgresql_a_wrong_password_and_a_missing_database_are_refused
         ),
         (
             format!(
-                "postgres://periode_pw:hunter2-pw@127.0.0.1:{}/postgres?sslmode=disable",
-                pg.port
+                "postgres://periode:hunter2-pw@127.0.0.1:{silent_port}/periode?sslmode=disable"
             ),
+            "postgres://periode:***@127.0.0.1",
+            "no answer within",
+        ),
+        (
+            as_role("hunter2-pw"),
             "postgres://periode_pw:***@127.0.0.1",
             "password authentication failed",
         ),
@@ -244,6 +257,11 @@ fn an_unreachable_postgresql_a_wrong_password_and_a_missing_database_are_refused
             "postgres://postgres:***@127.0.0.1",
             "\"no_such_db\" does not exist",
         ),
+        (
+            as_role("hunter2-pw").replace("sslmode=disable", "sslmode=require"),
+            "postgres://periode_pw:***@127.0.0.1",
+            "sslmode=require requires an encrypted connection",
+        ),
     ];
     for (uri, shown, why) in &cases {
         let started = Instant::now();
@@ -253,13 +271,16 @@ fn an_unreachable_postgresql_a_wrong_password_and_a_missing_database_are_refused
         assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
         assert_refused((code, stderr), &[shown, why]);
     }
-    // The right password starts a node.
-    let uri = format!(
-        "postgres://periode_pw:right-password@127.0.0.1:{}/postgres?sslmode=disable",
-        pg.port
-    );
-    let server = Server::start_with(Options { args: &["--db", &uri], ..Options::default() });
+    drop(silent);
+    // The right password starts a node, and the log shows it masked too.
+    let server = Server::start_with(Options {
+        args: &["--db", &as_role("right-password")],
+        ..Options::default()
+    });
     server.log.wait_for("postgres://periode_pw:***@127.0.0.1", 0, Duration::from_secs(5));
+    server.create_user(5); // a write through that role: 200
+    let log = server.log.lines().join("\n");
+    assert!(!log.contains("right-password"), "the password leaked: {log}");
 }
 
 #[test]
