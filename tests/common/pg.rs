@@ -88,9 +88,11 @@ pub fn db_arg(dir: &Path) -> String {
     }
 }
 
-/// A login role that must give `password` over TCP (SCRAM; every other role keeps trust),
-/// made once per name on the binary's cluster: for the start-up refusals a bad password
-/// gives. Returns once the server enforces it.
+/// A login role that must give `password` over TCP (SCRAM; every other role keeps trust) on
+/// the binary's cluster, for the start-up refusal a wrong password gives: call it once per
+/// name. A superuser, so that a node logged in as it can make its tables in a database the
+/// harness made (PostgreSQL 15 grants no CREATE on `public` to others). Returns once the
+/// server enforces the password.
 pub fn role_with_password(name: &str, password: &str) {
     let pg = cluster();
     pg.psql(
