@@ -68,7 +68,9 @@ fn stop(mut server: Server) -> Arc<TempDir> {
 
 #[test]
 fn a_second_server_on_one_file_is_refused_and_kill_9_frees_it() {
-    if common::pg::sqlite_only("the SQLite file's lock (a second node on one PostgreSQL database is cluster mode: tests/cluster.rs)") {
+    if common::pg::sqlite_only(
+        "the SQLite file's lock (nodes sharing PostgreSQL: tests/cluster.rs)",
+    ) {
         return;
     }
     let first = Server::start_with(Options::default());
