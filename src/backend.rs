@@ -155,6 +155,43 @@ delegate! {
 }
 
 impl Backend {
+    /// One batch of writes in one transaction: every write's answer, or the error that
+    /// stored none of them. SQLite applies them one by one (`writes::apply`: in-process,
+    /// microseconds each) and returns no views (its reader shares the writer's cache);
+    /// PostgreSQL sends the batch in two pipelined round trips (`writes::apply_pg`).
+    pub fn apply_batch(
+        &self,
+        ops: &[&crate::api::WriteOp],
+        now_ms: i64,
+    ) -> store::Result<(Vec<crate::writes::Applied>, Written)> {
+        match self {
+            Backend::Sqlite(s) => {
+                s.begin()?;
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    match crate::writes::apply(self, op, now_ms) {
+                        Ok(applied) => results.push(applied),
+                        Err(e) => {
+                            s.rollback();
+                            return Err(e);
+                        }
+                    }
+                }
+                if let Err(e) = s.commit() {
+                    s.rollback();
+                    return Err(e);
+                }
+                Ok((results, Written::default()))
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => {
+                let (results, views) =
+                    crate::writes::apply_pg(s, ops, now_ms).map_err(StoreError::Postgres)?;
+                Ok((results, Written { views, pid: s.backend_pid() }))
+            }
+        }
+    }
+
     pub fn notifications_after(
         &self,
         user: UserId,
@@ -330,6 +367,22 @@ pub struct View {
     last_id: u64,
     limit: Option<Limit>,
     spending: i64,
+}
+
+impl View {
+    /// `spending` is the limit's period's (0 without a limit).
+    pub fn new(active: bool, last_id: u64, limit: Option<Limit>, spending: i64) -> View {
+        View { active, last_id, limit, spending }
+    }
+}
+
+/// The views a committed batch left its users in (cluster mode: the loop's cache takes them
+/// instead of loading the users again), and the backend pid of the connection that wrote
+/// them (its own NOTIFYs come back from it).
+#[derive(Debug, Default)]
+pub struct Written {
+    pub views: Vec<(UserId, Option<View>)>,
+    pub pid: Option<i32>,
 }
 
 /// One user's reads as the store thread loaded them: `view` is `None` when the user does not
@@ -586,6 +639,28 @@ impl Reader {
                 loaded.views.borrow_mut().remove(&user);
                 loaded.replays.borrow_mut().remove(&user);
             }
+        }
+    }
+
+    /// A batch is back: its users' views as it left them (cluster mode), except `skip`'s
+    /// (the feed said something of them from another node meanwhile). A replay loaded
+    /// before the batch lacks its notifications: dropped.
+    pub fn fill_written(&self, written: &Written, skip: impl Fn(UserId) -> bool) {
+        let Reader::Loaded(loaded) = self else {
+            return;
+        };
+        let mut views = loaded.views.borrow_mut();
+        let mut replays = loaded.replays.borrow_mut();
+        for (user, view) in &written.views {
+            replays.remove(user);
+            if skip(*user) {
+                views.remove(user);
+                continue;
+            }
+            if views.len() >= MAX_LOADED_USERS {
+                views.clear();
+            }
+            views.insert(*user, *view);
         }
     }
 

@@ -127,7 +127,7 @@ fn three_stores_opening_an_empty_database_at_once_all_come_up() {
     for thread in threads {
         assert_eq!(thread.join().unwrap(), Ok(()));
     }
-    assert_eq!(pg.psql("race", "SELECT value FROM meta WHERE key = 'schema_version'"), "1");
+    assert_eq!(pg.psql("race", "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
     let tables = pg.psql("race", "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'");
     assert_eq!(tables, "limits,meta,notifications,stream_tickets,transactions,users");
 }
