@@ -743,19 +743,25 @@ impl Server {
                 }
                 Heard::Down(why) => {
                     feed.up = false;
+                    feed.lost_track();
                     self.ctx.feed_epoch += 1;
                     self.ctx.store.forget_all();
                     log::warn!("PostgreSQL change feed lost ({why}); reconnecting");
                 }
                 Heard::CatchUp | Heard::Unreadable => {
+                    feed.lost_track();
                     self.ctx.feed_epoch += 1;
                     self.ctx.store.forget_all();
                     let all = feed.catch_up_all();
                     self.ctx.catch_ups_wanted.extend(all);
                 }
-                Heard::Event(event) => {
-                    self.ctx.feed_epoch += 1;
-                    self.ctx.store.forget(event.user());
+                Heard::Event { event, from } => {
+                    // Our own store's events say what its batches already put in the cache.
+                    if !feed.is_own(from) {
+                        feed.heard_other(event.user());
+                        self.ctx.feed_epoch += 1;
+                        self.ctx.store.forget(event.user());
+                    }
                     match event {
                         Event::Notification { user, id, data } => {
                             let note = crate::writes::Notification { user, id, data };
