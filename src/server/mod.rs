@@ -690,6 +690,11 @@ impl Server {
         }
         self.ctx.busy_users.extend(batch.iter().map(|w| w.user()));
         self.in_flight = Some(batch.iter().map(|w| w.key).collect());
+        // What the feed hears from now on may be of commits after this batch's.
+        #[cfg(feature = "postgres")]
+        if let Some(feed) = self.ctx.feed.as_mut() {
+            feed.batch_left();
+        }
         let sent = match &self.store_thread {
             Some(thread) => thread.send(batch, now.epoch_ms),
             None => Err(batch),
@@ -712,6 +717,15 @@ impl Server {
         self.ctx.feed_epoch += 1;
         for user in self.ctx.busy_users.drain() {
             self.ctx.store.forget(user);
+        }
+        // Cluster mode: the views the batch left its users in, unless another node changed
+        // them meanwhile (or the feed lost track): no reload after every write.
+        #[cfg(feature = "postgres")]
+        if let Some(feed) = self.ctx.feed.as_mut() {
+            let since = feed.batch_back(done.written().pid);
+            if !since.lost {
+                self.ctx.store.fill_written(done.written(), |user| since.users.contains(&user));
+            }
         }
         commit::complete(&mut self.conns, &mut self.ctx, done, now);
         self.serve_parked(now);
