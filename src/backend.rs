@@ -394,6 +394,13 @@ pub struct Reads {
     replay: Option<Replay>,
 }
 
+impl Reads {
+    /// The user's view as loaded (`None`: no such user).
+    pub fn view(&self) -> Option<View> {
+        self.view
+    }
+}
+
 /// The kept notifications of a user above `after`, oldest first.
 #[derive(Debug)]
 struct Replay {
