@@ -258,6 +258,22 @@ impl Backend {
     /// What a read of `user` needs, loaded for the loop's cache (PostgreSQL): the user's view
     /// and, when `after` is given, their kept notifications above it.
     pub fn load(&self, user: UserId, after: Option<u64>) -> store::Result<Reads> {
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres(s) = self {
+            // One query for the view (the period's sum is kept in the row, never summed).
+            let view = s.load_view_now(user).map_err(StoreError::Postgres)?.map(|v| View {
+                active: v.active,
+                last_id: v.last_notification_id,
+                limit: v.limit,
+                spending: v.spending,
+            });
+            let mut rows = Vec::new();
+            if let Some(after) = after {
+                let each = |id, data: &str| rows.push((id, data.to_string()));
+                s.notifications_after(user, after, each).map_err(StoreError::Postgres)?;
+            }
+            return Ok(Reads { user, view, replay: after.map(|after| Replay { after, rows }) });
+        }
         let view = match self.user_active(user)? {
             None => None,
             Some(active) => {

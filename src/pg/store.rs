@@ -63,12 +63,12 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// Everything a connect or a status read needs of one user.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct UserView {
-    active: bool,
-    last_notification_id: u64,
-    limit: Option<Limit>,
+pub struct UserView {
+    pub active: bool,
+    pub last_notification_id: u64,
+    pub limit: Option<Limit>,
     /// The sum over the limit's period (0 without a limit).
-    spending: i64,
+    pub spending: i64,
 }
 
 /// One user's view in one query: the row, the limit and the period's sum (kept in `spent`).
@@ -363,6 +363,11 @@ impl PgStore {
             cache.insert(user, view);
         }
         Ok(view)
+    }
+
+    /// The user's view in one query, never from the cache; `None` when there is no such user.
+    pub fn load_view_now(&self, user: UserId) -> Result<Option<UserView>> {
+        self.load_view(user)
     }
 
     fn load_view(&self, user: UserId) -> Result<Option<UserView>> {
