@@ -106,12 +106,13 @@ impl Feed {
         self.others.clear();
     }
 
-    /// The batch is back, written through the store connection `pid` (if known): what was
-    /// heard while it was out.
+    /// The batch is back, written through the store connection `pid` (`None`: not known,
+    /// or the batch failed and the connection may be another one next time): what was heard
+    /// while it was out. Until a batch says which process writes for this node, its echoes
+    /// count as another node's (a reload, nothing worse), so that a pid the server gave
+    /// another node's new connection is never taken for ours.
     pub(super) fn batch_back(&mut self, pid: Option<i32>) -> SinceSent {
-        if pid.is_some() {
-            self.own_pid = pid;
-        }
+        self.own_pid = pid;
         let since =
             SinceSent { lost: self.lost || !self.up, users: std::mem::take(&mut self.others) };
         self.lost = false;
@@ -182,5 +183,56 @@ impl Feed {
 
     pub(super) fn offer(&mut self, _user: UserId, _id: u64) -> Offer {
         match *self {}
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::*;
+
+    fn feed() -> Feed {
+        let (_, heard) = std::sync::mpsc::sync_channel(1);
+        Feed {
+            listener: None,
+            heard,
+            tracker: crate::pg::Tracker::new(),
+            up: true,
+            own_pid: None,
+            others: HashSet::new(),
+            lost: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_the_views_of_users_no_other_node_changed_meanwhile() {
+        let mut feed = feed();
+        // Heard before the batch left: the batch read after it, under the lock.
+        feed.heard_other(UserId(1));
+        feed.batch_left();
+        feed.heard_other(UserId(2));
+        let since = feed.batch_back(Some(42));
+        assert!(!since.lost);
+        assert_eq!(since.users, HashSet::from([UserId(2)]));
+        // Our own store's events are known by its pid from then on; others' are not ours.
+        assert!(feed.is_own(42) && !feed.is_own(43));
+        // A failed batch reports no pid: nothing counts as ours until the next one is back.
+        feed.batch_left();
+        assert!(feed.batch_back(None).users.is_empty());
+        assert!(!feed.is_own(42));
+    }
+
+    #[test]
+    fn a_lost_feed_keeps_nothing_of_the_batch_in_flight() {
+        let mut feed = feed();
+        feed.batch_left();
+        feed.lost_track();
+        feed.heard_other(UserId(3));
+        assert!(feed.batch_back(Some(1)).lost);
+        // The next batch starts clean, unless the feed is down.
+        feed.batch_left();
+        assert!(!feed.batch_back(Some(1)).lost);
+        feed.up = false;
+        feed.batch_left();
+        assert!(feed.batch_back(Some(1)).lost);
     }
 }
