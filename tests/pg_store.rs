@@ -525,3 +525,52 @@ fn a_mixed_batch_is_answered_exactly_as_on_sqlite_and_leaves_the_views_a_load_fi
     listener.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_version_1_database_gets_its_period_sums_at_the_first_start() {
+    let pg = Pg::start();
+    let uri = pg.create_db("v1");
+    // The tables as version 1 made them, with a user, a limit and some history.
+    pg.psql(
+        "v1",
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, active BOOLEAN NOT NULL, \
+         total_spent BIGINT NOT NULL DEFAULT 0, last_notification_id BIGINT NOT NULL DEFAULT 0); \
+         CREATE TABLE limits (user_id BIGINT PRIMARY KEY, max_limit BIGINT NOT NULL, \
+         alert_percentage DOUBLE PRECISION NOT NULL, periode_start BIGINT NOT NULL, \
+         periode_end BIGINT NOT NULL); \
+         CREATE TABLE transactions (id BIGSERIAL PRIMARY KEY, user_id BIGINT NOT NULL, \
+         amount BIGINT NOT NULL, description TEXT, occurred_at BIGINT NOT NULL); \
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); \
+         INSERT INTO meta VALUES ('schema_version', '1'); \
+         INSERT INTO users VALUES (7, true, 1110, 0), (8, true, 0, 0); \
+         INSERT INTO limits VALUES (7, 100000, 80, 1000, 2000), (8, 100000, 80, 1000, 2000); \
+         INSERT INTO transactions (user_id, amount, occurred_at) \
+         VALUES (7, 10, 999), (7, 100, 1000), (7, 1000, 2000), (7, 10000, 2001);",
+    );
+    let store = open(&uri);
+    assert_eq!(pg.psql("v1", "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
+    let spending = |user| store.load_view_now(UserId(user)).unwrap().unwrap().spending;
+    assert_eq!((spending(7), spending(8)), (1_100, 0), "both ends of the period count");
+    // From now on the sum is kept by the writes: one inside the period, one outside.
+    let ops = [
+        WriteOp::Transaction {
+            user: UserId(7),
+            amount: 5,
+            description: None,
+            occurred_at_ms: 1500,
+        },
+        WriteOp::Transaction {
+            user: UserId(7),
+            amount: 50,
+            description: None,
+            occurred_at_ms: 3000,
+        },
+    ];
+    let backend = Backend::Postgres(store);
+    backend.apply_batch(&ops.iter().collect::<Vec<_>>(), 1500).unwrap();
+    let Backend::Postgres(store) = &backend else { unreachable!() };
+    assert_eq!(store.load_view_now(UserId(7)).unwrap().unwrap().spending, 1_105);
+    // A second start finds version 2 and changes nothing.
+    drop(open(&uri));
+    assert_eq!(pg.psql("v1", "SELECT spent FROM limits WHERE user_id = 7"), "1105");
+}
