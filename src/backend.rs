@@ -14,9 +14,10 @@
 //!   loads its user in one job, a `POST …/ticket` while it mints one (`Wanted`, `fetch`);
 //!   the answer is held here until its request takes it.
 //!
-//! Both readers are kept true by the loop: it forgets a user when a batch that wrote them is
-//! back, and (cluster mode) on every event of the feed; it never reads a user whose batch is
-//! in flight.
+//! Both readers are kept true by the loop: when a batch that wrote a user is back it forgets
+//! them, then (cluster mode) puts in the view the batch returned (`fill_written`) unless
+//! another node's event about them was heard meanwhile; it forgets the user of every other
+//! node's event of the feed; it never reads a user whose batch is in flight.
 
 use crate::domain::{Role, UserId};
 use crate::jwt::Claims;
