@@ -707,7 +707,8 @@ impl Server {
     }
 
     /// A batch is back: its users' views are current again (SQLite: the writer put them in
-    /// the shared cache; PostgreSQL: they are loaded afresh), it is answered, and
+    /// the shared cache; PostgreSQL: the views the batch returned, or loaded afresh when
+    /// another node changed them meanwhile), it is answered, and
     /// the requests parked behind it are served (before the next batch leaves, so that a
     /// user who writes without pause cannot keep their reads waiting).
     fn finish_batch(&mut self, done: commit::Completion, now: Now) {
