@@ -14,9 +14,10 @@
 //!   loads its user in one job, a `POST …/ticket` while it mints one (`Wanted`, `fetch`);
 //!   the answer is held here until its request takes it.
 //!
-//! Both readers are kept true by the loop: it forgets a user when a batch that wrote them is
-//! back, and (cluster mode) on every event of the feed; it never reads a user whose batch is
-//! in flight.
+//! Both readers are kept true by the loop: when a batch that wrote a user is back it forgets
+//! them, then (cluster mode) puts in the view the batch returned (`fill_written`) unless
+//! another node's event about them was heard meanwhile; it forgets the user of every other
+//! node's event of the feed; it never reads a user whose batch is in flight.
 
 use crate::domain::{Role, UserId};
 use crate::jwt::Claims;
@@ -155,6 +156,43 @@ delegate! {
 }
 
 impl Backend {
+    /// One batch of writes in one transaction: every write's answer, or the error that
+    /// stored none of them. SQLite applies them one by one (`writes::apply`: in-process,
+    /// microseconds each) and returns no views (its reader shares the writer's cache);
+    /// PostgreSQL sends the batch in two pipelined round trips (`writes::apply_pg`).
+    pub fn apply_batch(
+        &self,
+        ops: &[&crate::api::WriteOp],
+        now_ms: i64,
+    ) -> store::Result<(Vec<crate::writes::Applied>, Written)> {
+        match self {
+            Backend::Sqlite(s) => {
+                s.begin()?;
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    match crate::writes::apply(self, op, now_ms) {
+                        Ok(applied) => results.push(applied),
+                        Err(e) => {
+                            s.rollback();
+                            return Err(e);
+                        }
+                    }
+                }
+                if let Err(e) = s.commit() {
+                    s.rollback();
+                    return Err(e);
+                }
+                Ok((results, Written::default()))
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(s) => {
+                let (results, views) =
+                    crate::writes::apply_pg(s, ops, now_ms).map_err(StoreError::Postgres)?;
+                Ok((results, Written { views, pid: s.backend_pid() }))
+            }
+        }
+    }
+
     pub fn notifications_after(
         &self,
         user: UserId,
@@ -221,6 +259,22 @@ impl Backend {
     /// What a read of `user` needs, loaded for the loop's cache (PostgreSQL): the user's view
     /// and, when `after` is given, their kept notifications above it.
     pub fn load(&self, user: UserId, after: Option<u64>) -> store::Result<Reads> {
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres(s) = self {
+            // One query for the view (the period's sum is kept in the row, never summed).
+            let view = s.load_view_now(user).map_err(StoreError::Postgres)?.map(|v| View {
+                active: v.active,
+                last_id: v.last_notification_id,
+                limit: v.limit,
+                spending: v.spending,
+            });
+            let mut rows = Vec::new();
+            if let Some(after) = after {
+                let each = |id, data: &str| rows.push((id, data.to_string()));
+                s.notifications_after(user, after, each).map_err(StoreError::Postgres)?;
+            }
+            return Ok(Reads { user, view, replay: after.map(|after| Replay { after, rows }) });
+        }
         let view = match self.user_active(user)? {
             None => None,
             Some(active) => {
@@ -332,6 +386,22 @@ pub struct View {
     spending: i64,
 }
 
+impl View {
+    /// `spending` is the limit's period's (0 without a limit).
+    pub fn new(active: bool, last_id: u64, limit: Option<Limit>, spending: i64) -> View {
+        View { active, last_id, limit, spending }
+    }
+}
+
+/// The views a committed batch left its users in (cluster mode: the loop's cache takes them
+/// instead of loading the users again), and the backend pid of the connection that wrote
+/// them (its own NOTIFYs come back from it).
+#[derive(Debug, Default)]
+pub struct Written {
+    pub views: Vec<(UserId, Option<View>)>,
+    pub pid: Option<i32>,
+}
+
 /// One user's reads as the store thread loaded them: `view` is `None` when the user does not
 /// exist; `replay` the notifications after an id, when one was asked for.
 #[derive(Debug)]
@@ -339,6 +409,13 @@ pub struct Reads {
     pub user: UserId,
     view: Option<View>,
     replay: Option<Replay>,
+}
+
+impl Reads {
+    /// The user's view as loaded (`None`: no such user).
+    pub fn view(&self) -> Option<View> {
+        self.view
+    }
 }
 
 /// The kept notifications of a user above `after`, oldest first.
@@ -586,6 +663,28 @@ impl Reader {
                 loaded.views.borrow_mut().remove(&user);
                 loaded.replays.borrow_mut().remove(&user);
             }
+        }
+    }
+
+    /// A batch is back: its users' views as it left them (cluster mode), except `skip`'s
+    /// (the feed said something of them from another node meanwhile). A replay loaded
+    /// before the batch lacks its notifications: dropped.
+    pub fn fill_written(&self, written: &Written, skip: impl Fn(UserId) -> bool) {
+        let Reader::Loaded(loaded) = self else {
+            return;
+        };
+        let mut views = loaded.views.borrow_mut();
+        let mut replays = loaded.replays.borrow_mut();
+        for (user, view) in &written.views {
+            replays.remove(user);
+            if skip(*user) {
+                views.remove(user);
+                continue;
+            }
+            if views.len() >= MAX_LOADED_USERS {
+                views.clear();
+            }
+            views.insert(*user, *view);
         }
     }
 

@@ -172,6 +172,69 @@ fn concurrent_writers_on_three_nodes_get_contiguous_ids_and_exact_totals() {
     }
 }
 
+/// Many writers per node and several users at once: each node's batches hold several users
+/// and several writes of one user (the pipelined batch), while the other node's batches take
+/// the same rows. Every user's ids stay contiguous, every node pushes the same notifications,
+/// and the totals are exact, in the streams and in each node's cache.
+#[cfg(feature = "postgres")]
+#[test]
+fn many_writers_of_several_users_on_two_nodes_keep_ids_contiguous_and_totals_exact() {
+    let uri = fresh_database();
+    let nodes: Vec<Server> = (0..2).map(|_| node(&uri)).collect();
+    let users = [51i64, 52, 53];
+    let tokens: Vec<String> = users.iter().map(|u| nodes[0].create_user(*u)).collect();
+    for u in users {
+        assert_eq!(nodes[0].set_month_limit(u, 1_000_000_000, 80.0).status, 200);
+    }
+    // A stream of every user on every node, each opened at the limit's notification (id 1).
+    let mut streams: Vec<Vec<Stream>> =
+        nodes.iter().map(|n| tokens.iter().map(|t| open(n, t)).collect()).collect();
+    for s in streams.iter_mut().flatten() {
+        assert_eq!(notes(s, 1)[0].0, 1);
+    }
+    const WRITERS_PER_USER_AND_NODE: usize = 3;
+    const PER_WRITER: i64 = 6;
+    thread::scope(|scope| {
+        for n in &nodes {
+            for token in &tokens {
+                for _ in 0..WRITERS_PER_USER_AND_NODE {
+                    scope.spawn(move || {
+                        for i in 0..PER_WRITER {
+                            spend(n, token, i + 1);
+                        }
+                    });
+                }
+            }
+        }
+    });
+    let writers = (nodes.len() * WRITERS_PER_USER_AND_NODE) as i64;
+    let count = (writers * PER_WRITER) as usize;
+    let total = writers * (1..=PER_WRITER).sum::<i64>();
+    for (i, token) in tokens.iter().enumerate() {
+        let seen: Vec<Vec<(u64, String)>> =
+            streams.iter_mut().map(|on_node| notes(&mut on_node[i], count)).collect();
+        let ids: Vec<u64> = seen[0].iter().map(|n| n.0).collect();
+        assert_eq!(ids, (2..=1 + count as u64).collect::<Vec<_>>(), "user {}", users[i]);
+        assert!(seen.iter().all(|s| *s == seen[0]), "every node pushed the same notifications");
+        let spending: Vec<i64> = seen[0]
+            .iter()
+            .map(|(_, data)| {
+                serde_json::from_str::<Value>(data).expect("json")["currentSpending"]
+                    .as_i64()
+                    .expect("spending")
+            })
+            .collect();
+        assert!(spending.windows(2).all(|w| w[0] < w[1]), "{spending:?}");
+        assert_eq!(spending.last().copied(), Some(total));
+        for n in &nodes {
+            assert_eq!(status_of(n, token)["currentSpending"], json!(total));
+        }
+    }
+    for s in streams.iter_mut().flatten() {
+        assert_quiet(s, Duration::from_millis(100));
+    }
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn three_nodes_starting_at_once_on_an_empty_database_all_come_up() {

@@ -43,13 +43,24 @@ fn next(rx: &Receiver<Heard>, within: Duration) -> Heard {
     rx.recv_timeout(within).unwrap_or_else(|e| panic!("nothing heard within {within:?}: {e}"))
 }
 
+/// The next message, which must be an event sent by the server process `from`.
+fn next_event(rx: &Receiver<Heard>, within: Duration, from: Option<i32>) -> Event {
+    match next(rx, within) {
+        Heard::Event { event, from: sender } => {
+            assert_eq!(Some(sender), from, "the event names the process that sent it");
+            event
+        }
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
 /// The next message that is not an event (events of earlier writes may still be queued).
 fn next_state(rx: &Receiver<Heard>, within: Duration) -> Heard {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match next(rx, left.max(Duration::from_millis(1))) {
-            Heard::Event(_) => continue,
+            Heard::Event { .. } => continue,
             other => return other,
         }
     }
@@ -86,17 +97,20 @@ fn events_arrive_after_commit_in_order_and_wake_the_poll() {
     store.commit().unwrap();
 
     let within = Duration::from_secs(5);
-    assert_eq!(next(&rx, within), Heard::Event(Event::ActiveChanged { user: U, active: true }));
-    assert_eq!(next(&rx, within), Heard::Event(Event::LimitChanged { user: U }));
+    // Every event says which server process sent it: the store's, whose node skips them.
+    let pid = store.backend_pid();
+    assert!(pid.is_some() && pid != listener.backend_pid());
+    assert_eq!(next_event(&rx, within, pid), Event::ActiveChanged { user: U, active: true });
+    assert_eq!(next_event(&rx, within, pid), Event::LimitChanged { user: U });
     assert_eq!(
-        next(&rx, within),
-        Heard::Event(Event::ActiveChanged { user: UserId(2), active: true })
+        next_event(&rx, within, pid),
+        Event::ActiveChanged { user: UserId(2), active: true }
     );
     assert_eq!(
-        next(&rx, within),
-        Heard::Event(Event::Notification { user: U, id: 1, data: data.clone() })
+        next_event(&rx, within, pid),
+        Event::Notification { user: U, id: 1, data: data.clone() }
     );
-    assert_eq!(next(&rx, within), Heard::Event(Event::SpendingChanged { user: UserId(2) }));
+    assert_eq!(next_event(&rx, within, pid), Event::SpendingChanged { user: UserId(2) });
     assert!(data.contains("\"currentSpending\":70000"), "{data}");
 
     // A rolled-back batch is never heard.
@@ -104,8 +118,8 @@ fn events_arrive_after_commit_in_order_and_wake_the_poll() {
     store.put_user(U, false).unwrap();
     store.rollback();
     assert_eq!(write_one(&store, U, 1), 2);
-    match next(&rx, within) {
-        Heard::Event(Event::Notification { user, id, .. }) => assert_eq!((user, id), (U, 2)),
+    match next_event(&rx, within, pid) {
+        Event::Notification { user, id, .. } => assert_eq!((user, id), (U, 2)),
         other => panic!("expected notification 2, got {other:?}"),
     }
     // A stranger's payload on our channel is reported, not guessed at.
@@ -123,7 +137,7 @@ struct Node {
 impl Node {
     fn hear(&mut self, heard: Heard, store: &PgStore) {
         match heard {
-            Heard::Event(Event::Notification { user, id, .. }) => {
+            Heard::Event { event: Event::Notification { user, id, .. }, .. } => {
                 match self.tracker.offer_live(user, id) {
                     Verdict::Deliver => self.delivered.push(id),
                     Verdict::CatchUp { after } => self.catch_up(user, after, store),
@@ -135,7 +149,7 @@ impl Node {
                     self.catch_up(user, after, store);
                 }
             }
-            Heard::Event(_) | Heard::Up | Heard::Down(_) => {}
+            Heard::Event { .. } | Heard::Up | Heard::Down(_) => {}
         }
     }
 
@@ -270,8 +284,8 @@ fn a_postgres_restart_is_reported_down_then_up_and_caught_up() {
         }
     };
     assert_eq!(
-        next(&rx, Duration::from_secs(5)),
-        Heard::Event(Event::Notification { user: U, id, data: "{}".into() })
+        next_event(&rx, Duration::from_secs(5), writer.backend_pid()),
+        Event::Notification { user: U, id, data: "{}".into() }
     );
     listener.stop();
 }

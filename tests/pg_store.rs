@@ -6,8 +6,10 @@
 
 mod pg_harness;
 
+use periode_sse::api::WriteOp;
+use periode_sse::backend::{Backend, Written};
 use periode_sse::domain::UserId;
-use periode_sse::pg::{Event, PgError, PgStore, PgUri};
+use periode_sse::pg::{Event, Heard, Listener, PgError, PgStore, PgUri};
 use periode_sse::spending::{AlertPercentage, Limit};
 use pg_harness::Pg;
 use std::sync::{Arc, Barrier};
@@ -127,7 +129,7 @@ fn three_stores_opening_an_empty_database_at_once_all_come_up() {
     for thread in threads {
         assert_eq!(thread.join().unwrap(), Ok(()));
     }
-    assert_eq!(pg.psql("race", "SELECT value FROM meta WHERE key = 'schema_version'"), "1");
+    assert_eq!(pg.psql("race", "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
     let tables = pg.psql("race", "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'");
     assert_eq!(tables, "limits,meta,notifications,stream_tickets,transactions,users");
 }
@@ -417,4 +419,158 @@ fn a_store_gone_mid_batch_leaves_no_lock_and_no_partial_write() {
     assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
     assert_eq!(pg.psql("gone", "SELECT total_spent FROM users WHERE id = 1"), "7");
     assert_eq!(pg.psql("gone", "SELECT count(*) FROM notifications"), "1");
+}
+
+/// One batch through both backends' `apply_batch`: every answer, notification and
+/// deactivation must be the same, byte for byte.
+fn both(sqlite: &Backend, pg: &Backend, ops: &[WriteOp], now_ms: i64) -> Written {
+    let ops: Vec<&WriteOp> = ops.iter().collect();
+    let (on_sqlite, _) = sqlite.apply_batch(&ops, now_ms).unwrap();
+    let (on_pg, written) = pg.apply_batch(&ops, now_ms).unwrap();
+    assert_eq!(on_pg.len(), ops.len());
+    for (i, (a, b)) in on_sqlite.iter().zip(&on_pg).enumerate() {
+        assert_eq!(a, b, "write {i} ({:?}) answered differently", ops[i]);
+    }
+    written
+}
+
+#[test]
+fn a_mixed_batch_is_answered_exactly_as_on_sqlite_and_leaves_the_views_a_load_finds() {
+    let pg = Pg::start();
+    let uri = pg.create_db("mixed");
+    let dir = std::env::temp_dir().join(format!("periode-pg-mixed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sqlite = Backend::Sqlite(periode_sse::store::Store::open(&dir.join("m.db")).unwrap());
+    let on_pg = Backend::Postgres(open(&uri));
+    let (listener, heard) = Listener::spawn(PgUri::parse(&uri).unwrap(), || {}).unwrap();
+    let within = Duration::from_secs(5);
+    assert_eq!(heard.recv_timeout(within).unwrap(), Heard::Up);
+    assert_eq!(heard.recv_timeout(within).unwrap(), Heard::CatchUp);
+
+    let now_limit = limit_covering_now();
+    let day = 86_400_000;
+    let later =
+        Limit { periode_start_ms: NOW + 10 * day, periode_end_ms: NOW + 20 * day, ..now_limit };
+    let tx = |user: i64, amount: i64, description: Option<&str>, at: i64| WriteOp::Transaction {
+        user: UserId(user),
+        amount,
+        description: description.map(str::to_string),
+        occurred_at_ms: at,
+    };
+    let user = |user: i64, active: bool| WriteOp::User { user: UserId(user), active };
+    let limit = |user: i64, limit: Limit| WriteOp::Limit { user: UserId(user), limit };
+    // Sorted by user, as the loop sends a batch; several writes per user, each seeing the
+    // ones before it.
+    let first = [
+        user(1, true),
+        limit(1, now_limit),
+        tx(1, 50_000, Some("rent \"flat\""), NOW),
+        tx(1, 40_000, None, NOW - 3 * day), // outside the period: same status, still pushed
+        tx(1, 35_000, None, NOW + 1),
+        user(2, true),
+        tx(2, 5, None, NOW), // no limit: status null, no notification
+        tx(3, 1, None, NOW), // unknown user: 404
+        limit(3, now_limit), // 404
+        user(4, true),
+        tx(4, i64::MAX, None, NOW),
+        tx(4, 1, None, NOW), // total overflow: 400
+        limit(4, now_limit),
+    ];
+    let written = both(&sqlite, &on_pg, &first, NOW);
+    let second = [
+        tx(1, 1_000, None, NOW),
+        limit(1, later), // answered over its own range, no notification (does not cover now)
+        tx(1, 7, None, NOW + 15 * day), // inside the later period: status null
+        user(2, false),
+        limit(2, now_limit), // a deactivated user's limit still counts the earlier 5
+        tx(5, 1, None, NOW),
+    ];
+    let written_2 = both(&sqlite, &on_pg, &second, NOW + 1000);
+
+    // The views the batches left are what a load reads afterwards.
+    assert!(written.pid.is_some() && written_2.pid == written.pid);
+    let again = |u: &UserId| written_2.views.iter().any(|(w, _)| w == u);
+    for (user, view) in written.views.iter().filter(|(u, _)| !again(u)).chain(&written_2.views) {
+        assert_eq!(*view, on_pg.load(*user, None).unwrap().view(), "user {user}");
+    }
+    let users: Vec<UserId> = written.views.iter().map(|(u, _)| *u).collect();
+    assert_eq!(users, vec![UserId(1), UserId(2), UserId(3), UserId(4)]);
+    for user in [1, 2, 4] {
+        let (on_sqlite, on_pg) = (sqlite.load(UserId(user), None), on_pg.load(UserId(user), None));
+        assert_eq!(on_sqlite.unwrap().view(), on_pg.unwrap().view(), "user {user}");
+    }
+
+    // Every NOTIFY, in write order, from the store's own server process: user 1's three
+    // notifications (ids contiguous from the row), each batch's `v` events last.
+    let mut events = Vec::new();
+    while let Ok(h) = heard.recv_timeout(Duration::from_millis(500)) {
+        match h {
+            Heard::Event { event, from } => {
+                assert_eq!(Some(from), written.pid);
+                events.push(event);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            Event::Notification { user, id, .. } => format!("n{user}#{id}"),
+            other => other.encode(),
+        })
+        .collect();
+    let first_kinds = ["u 1 1", "l 1", "n1#1", "n1#2", "n1#3", "n1#4", "u 2 1", "u 4 1", "l 4"];
+    assert_eq!(kinds[..9], first_kinds);
+    assert_eq!(kinds[9..], ["n4#1", "v 2", "n1#5", "l 1", "u 2 0", "l 2", "n2#1", "v 1"]);
+    listener.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_version_1_database_gets_its_period_sums_at_the_first_start() {
+    let pg = Pg::start();
+    let uri = pg.create_db("v1");
+    // The tables as version 1 made them, with a user, a limit and some history.
+    pg.psql(
+        "v1",
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, active BOOLEAN NOT NULL, \
+         total_spent BIGINT NOT NULL DEFAULT 0, last_notification_id BIGINT NOT NULL DEFAULT 0); \
+         CREATE TABLE limits (user_id BIGINT PRIMARY KEY, max_limit BIGINT NOT NULL, \
+         alert_percentage DOUBLE PRECISION NOT NULL, periode_start BIGINT NOT NULL, \
+         periode_end BIGINT NOT NULL); \
+         CREATE TABLE transactions (id BIGSERIAL PRIMARY KEY, user_id BIGINT NOT NULL, \
+         amount BIGINT NOT NULL, description TEXT, occurred_at BIGINT NOT NULL); \
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); \
+         INSERT INTO meta VALUES ('schema_version', '1'); \
+         INSERT INTO users VALUES (7, true, 1110, 0), (8, true, 0, 0); \
+         INSERT INTO limits VALUES (7, 100000, 80, 1000, 2000), (8, 100000, 80, 1000, 2000); \
+         INSERT INTO transactions (user_id, amount, occurred_at) \
+         VALUES (7, 10, 999), (7, 100, 1000), (7, 1000, 2000), (7, 10000, 2001);",
+    );
+    let store = open(&uri);
+    assert_eq!(pg.psql("v1", "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
+    let spending = |user| store.load_view_now(UserId(user)).unwrap().unwrap().spending;
+    assert_eq!((spending(7), spending(8)), (1_100, 0), "both ends of the period count");
+    // From now on the sum is kept by the writes: one inside the period, one outside.
+    let ops = [
+        WriteOp::Transaction {
+            user: UserId(7),
+            amount: 5,
+            description: None,
+            occurred_at_ms: 1500,
+        },
+        WriteOp::Transaction {
+            user: UserId(7),
+            amount: 50,
+            description: None,
+            occurred_at_ms: 3000,
+        },
+    ];
+    let backend = Backend::Postgres(store);
+    backend.apply_batch(&ops.iter().collect::<Vec<_>>(), 1500).unwrap();
+    let Backend::Postgres(store) = &backend else { unreachable!() };
+    assert_eq!(store.load_view_now(UserId(7)).unwrap().unwrap().spending, 1_105);
+    // A second start finds version 2 and changes nothing.
+    drop(open(&uri));
+    assert_eq!(pg.psql("v1", "SELECT spent FROM limits WHERE user_id = 7"), "1105");
 }

@@ -44,7 +44,9 @@ pub enum Heard {
     CatchUp,
     /// The connection is lost (the message says why, masked); reconnecting.
     Down(String),
-    Event(Event),
+    /// An event, and the server process that sent it (a node knows its own store's, whose
+    /// events it has already applied: `Notification::process_id`).
+    Event { event: Event, from: i32 },
     /// A payload on our channel this version cannot read: treat as `CatchUp`.
     Unreadable,
 }
@@ -188,7 +190,7 @@ impl Run {
                 let mut notifications = client.notifications();
                 let mut waiting = notifications.timeout_iter(POLL);
                 match waiting.next() {
-                    Ok(Some(n)) => heard.push(parse(n.channel(), n.payload())),
+                    Ok(Some(n)) => heard.push(parse(&n)),
                     Ok(None) => {}
                     Err(e) => return lost(&self.uri, &e),
                 }
@@ -197,7 +199,7 @@ impl Run {
                 let mut ready = notifications.iter();
                 loop {
                     match ready.next() {
-                        Ok(Some(n)) => heard.push(parse(n.channel(), n.payload())),
+                        Ok(Some(n)) => heard.push(parse(&n)),
                         Ok(None) => break,
                         Err(e) => return lost(&self.uri, &e),
                     }
@@ -242,12 +244,12 @@ impl Run {
     }
 }
 
-fn parse(channel: &str, payload: &str) -> Heard {
-    if channel != CHANNEL {
+fn parse(n: &postgres::Notification) -> Heard {
+    if n.channel() != CHANNEL {
         return Heard::Unreadable;
     }
-    match Event::parse(payload) {
-        Some(event) => Heard::Event(event),
+    match Event::parse(n.payload()) {
+        Some(event) => Heard::Event { event, from: n.process_id() },
         None => Heard::Unreadable,
     }
 }

@@ -10,12 +10,14 @@
 //! - `tls`: rustls for each `sslmode`
 //! - `connect`: a URI and the timeouts become a connection
 //! - `schema`: tables created on first start, race-free, versioned
-//! - `store`: reads and the batched writes, with the same names as `store::Store`
+//! - `store`: reads and the per-write calls, with the same names as `store::Store`
+//! - `batch`: a whole batch of writes in two pipelined round trips
 //! - `payload`: NOTIFY payloads (pure)
 //! - `listen`: the listener thread
 //! - `gaps`: which ids to push and when to catch up (pure)
 //! - `tickets`: stream tickets in a table every node shares
 
+pub mod batch;
 pub mod connect;
 pub mod error;
 pub mod gaps;

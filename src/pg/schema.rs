@@ -10,12 +10,18 @@
 //! `last_notification_id` is the source of notification ids for every node (incremented
 //! under the row lock inside the writing transaction), and that limits and users are read
 //! from here whenever the change feed says they changed.
+//!
+//! Version 2 adds `limits.spent`: the sum of the user's amounts inside the limit's period,
+//! kept true under the user's row lock by every write (`pg::batch`), so that no write and no
+//! load sums the user's history. A version-1 database gets the column and its sums at the
+//! first start of a version-2 node (in the same locked transaction); from then on version-1
+//! nodes refuse it, since they would not keep the sums.
 
 use super::error::{classify, PgError};
 use super::uri::PgUri;
 
 /// Bumped with every change to `SCHEMA`; a database with a newer one is refused at start.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Any constant will do, as long as no other application of the database uses it: "pSSE".
 const SCHEMA_LOCK: i64 = 0x7053_5345;
@@ -34,7 +40,10 @@ CREATE TABLE IF NOT EXISTS limits (
     max_limit BIGINT NOT NULL,
     alert_percentage DOUBLE PRECISION NOT NULL,
     periode_start BIGINT NOT NULL,
-    periode_end BIGINT NOT NULL
+    periode_end BIGINT NOT NULL,
+    -- the sum of the user's amounts with periode_start <= occurred_at <= periode_end
+    -- (saturating, as SQLite's view), kept by every write under the user's row lock
+    spent BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS transactions (
     id BIGSERIAL PRIMARY KEY,
@@ -51,6 +60,17 @@ CREATE TABLE IF NOT EXISTS notifications (
     PRIMARY KEY (user_id, id)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// From version 1 to 2: the period sums, computed once from the history.
+const TO_VERSION_2: &str = "
+ALTER TABLE limits ADD COLUMN spent BIGINT;
+UPDATE limits l SET spent = LEAST(GREATEST(COALESCE(
+    (SELECT SUM(t.amount) FROM transactions t
+     WHERE t.user_id = l.user_id AND t.occurred_at BETWEEN l.periode_start AND l.periode_end),
+    0), -9223372036854775808), 9223372036854775807)::BIGINT;
+ALTER TABLE limits ALTER COLUMN spent SET DEFAULT 0, ALTER COLUMN spent SET NOT NULL;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
 ";
 
 /// Creates what is missing and checks the recorded version, in one transaction.
@@ -75,6 +95,8 @@ pub async fn ensure(client: &mut tokio_postgres::Client, uri: &PgUri) -> Result<
         .map_err(sql)?;
     let stored: String = row.try_get(0).map_err(sql)?;
     match stored.parse::<i64>() {
+        // `CREATE TABLE IF NOT EXISTS` left version 1's `limits` without the column.
+        Ok(1) => tx.batch_execute(TO_VERSION_2).await.map_err(sql)?,
         Ok(v) if v <= SCHEMA_VERSION => {}
         _ => {
             return Err(PgError::Config(format!(

@@ -63,23 +63,29 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// Everything a connect or a status read needs of one user.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct UserView {
-    active: bool,
-    last_notification_id: u64,
-    limit: Option<Limit>,
+pub struct UserView {
+    pub active: bool,
+    pub last_notification_id: u64,
+    pub limit: Option<Limit>,
     /// The sum over the limit's period (0 without a limit).
-    spending: i64,
+    pub spending: i64,
 }
 
-/// One user's view in one query: the row, the limit and the period's sum.
+/// One user's view in one query: the row, the limit and the period's sum (kept in `spent`).
 const LOAD_VIEW: &str = "
 SELECT u.active, u.last_notification_id, l.max_limit, l.alert_percentage, l.periode_start,
-       l.periode_end,
-       COALESCE((SELECT SUM(t.amount) FROM transactions t
-                 WHERE t.user_id = u.id AND t.occurred_at BETWEEN l.periode_start AND l.periode_end),
-                0)::BIGINT
+       l.periode_end, COALESCE(l.spent, 0)
 FROM users u LEFT JOIN limits l ON l.user_id = u.id
 WHERE u.id = $1";
+
+/// `x` (a NUMERIC) clamped into BIGINT: sums saturate, as the SQLite view's
+/// `saturating_add`, instead of failing the batch.
+macro_rules! saturated {
+    ($x:literal) => {
+        concat!("LEAST(GREATEST(", $x, ", -9223372036854775808), 9223372036854775807)::BIGINT")
+    };
+}
+pub(super) use saturated;
 
 #[derive(Debug, Default)]
 struct Batch {
@@ -107,6 +113,9 @@ pub struct PgStore {
     batch: RefCell<Batch>,
     /// When expired stream tickets were last swept (`None`: not yet).
     swept_at: Cell<Option<Instant>>,
+    /// The server process of the current connection: the NOTIFYs this store sends come back
+    /// to every listener with it (`Notification::process_id`).
+    pid: Cell<Option<i32>>,
 }
 
 impl PgStore {
@@ -130,6 +139,7 @@ impl PgStore {
             in_batch: Cell::new(false),
             batch: RefCell::new(Batch::default()),
             swept_at: Cell::new(None),
+            pid: Cell::new(None),
         };
         let mut client = store.connect_once()?;
         let ensured = store.runtime.block_on(async {
@@ -147,8 +157,27 @@ impl PgStore {
                 return Err(PgError::Unavailable("the schema could not be created in time".into()))
             }
         }
+        store.learn_pid(&client);
         *store.client.borrow_mut() = Some(Arc::new(client));
         Ok(store)
+    }
+
+    /// The server process of the current connection, if known.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.pid.get()
+    }
+
+    /// Asks a new connection for its server process id. Without it (no answer in time) the
+    /// loop takes this store's NOTIFYs for another node's: a reload, nothing worse.
+    fn learn_pid(&self, client: &Client) {
+        let asked = self.runtime.block_on(async {
+            tokio::time::timeout(CALL_DEADLINE, client.query_one("SELECT pg_backend_pid()", &[]))
+                .await
+        });
+        self.pid.set(match asked {
+            Ok(Ok(row)) => row.try_get::<_, i32>(0).ok(),
+            _ => None,
+        });
     }
 
     /// The URI, masked when displayed.
@@ -171,7 +200,7 @@ impl PgStore {
     }
 
     /// Makes sure there is a live connection, connecting again if the backoff allows.
-    fn ensure_connected(&self) -> Result<()> {
+    pub(super) fn ensure_connected(&self) -> Result<()> {
         if self.batch.borrow().broken {
             return Err(PgError::Unavailable("the connection was lost during this batch".into()));
         }
@@ -189,6 +218,7 @@ impl PgStore {
         }
         match self.connect_once() {
             Ok(client) => {
+                self.learn_pid(&client);
                 *self.client.borrow_mut() = Some(Arc::new(client));
                 self.statements.borrow_mut().clear();
                 // Whatever the feed said while this store was cut off is unknown.
@@ -216,7 +246,7 @@ impl PgStore {
 
     /// Runs one client call under the deadline and sorts its outcome; a lost connection is
     /// dropped here, so that the next call makes a new one.
-    fn call<T, F>(&self, run: impl FnOnce(Arc<Client>) -> F) -> Result<T>
+    pub(super) fn call<T, F>(&self, run: impl FnOnce(Arc<Client>) -> F) -> Result<T>
     where
         F: Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     {
@@ -246,7 +276,7 @@ impl PgStore {
     }
 
     /// The prepared statement for `sql`, prepared once per connection.
-    fn statement(&self, sql: &'static str) -> Result<Statement> {
+    pub(super) fn statement(&self, sql: &'static str) -> Result<Statement> {
         if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
@@ -268,7 +298,11 @@ impl PgStore {
         self.call(|c| async move { c.batch_execute(sql).await })
     }
 
-    fn get<'r, T: tokio_postgres::types::FromSql<'r>>(&self, row: &'r Row, i: usize) -> Result<T> {
+    pub(super) fn get<'r, T: tokio_postgres::types::FromSql<'r>>(
+        &self,
+        row: &'r Row,
+        i: usize,
+    ) -> Result<T> {
         row.try_get(i).map_err(|e| classify(&self.uri, &e))
     }
 
@@ -331,6 +365,11 @@ impl PgStore {
         Ok(view)
     }
 
+    /// The user's view in one query, never from the cache; `None` when there is no such user.
+    pub fn load_view_now(&self, user: UserId) -> Result<Option<UserView>> {
+        self.load_view(user)
+    }
+
     fn load_view(&self, user: UserId) -> Result<Option<UserView>> {
         let Some(row) = self.row(LOAD_VIEW, &[&user.0])? else { return Ok(None) };
         let last: i64 = self.get(&row, 1)?;
@@ -345,7 +384,7 @@ impl PgStore {
     }
 
     /// The limit in the four columns from `first`, all NULL when there is none.
-    fn limit_from(&self, row: &Row, first: usize) -> Result<Option<Limit>> {
+    pub(super) fn limit_from(&self, row: &Row, first: usize) -> Result<Option<Limit>> {
         let max_limit: Option<i64> = self.get(row, first)?;
         let alert: Option<f64> = self.get(row, first + 1)?;
         let start: Option<i64> = self.get(row, first + 2)?;
@@ -462,6 +501,17 @@ impl PgStore {
         }
     }
 
+    /// A pipelined batch (`batch.rs`) begins: its `BEGIN` goes with its first requests.
+    pub(super) fn begin_pipelined(&self) {
+        *self.batch.borrow_mut() = Batch::default();
+        self.in_batch.set(true);
+    }
+
+    /// A pipelined batch has committed.
+    pub(super) fn end_pipelined(&self) {
+        self.end_batch();
+    }
+
     fn end_batch(&self) {
         self.in_batch.set(false);
         let batch = std::mem::take(&mut *self.batch.borrow_mut());
@@ -500,9 +550,15 @@ impl PgStore {
         let Some(new_total) = total_spent.checked_add(amount) else {
             return Ok(Err(WriteRefusal::TotalOverflow));
         };
-        let sql = "WITH total AS (UPDATE users SET total_spent = $2 WHERE id = $1) \
-                   INSERT INTO transactions (user_id, amount, description, occurred_at) \
-                   VALUES ($1, $3, $4, $5) RETURNING id";
+        const SQL: &str = concat!(
+            "WITH total AS (UPDATE users SET total_spent = $2 WHERE id = $1), ",
+            "spent AS (UPDATE limits SET spent = ",
+            saturated!("spent::NUMERIC + $3::BIGINT"),
+            " WHERE user_id = $1 AND $5::BIGINT BETWEEN periode_start AND periode_end) ",
+            "INSERT INTO transactions (user_id, amount, description, occurred_at) ",
+            "VALUES ($1, $3, $4, $5) RETURNING id"
+        );
+        let sql = SQL;
         let params: Params<'_> = &[&user.0, &new_total, &amount, &description, &occurred_at_ms];
         let row = self
             .row(sql, params)?
@@ -529,11 +585,20 @@ impl PgStore {
         if self.row("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user.0])?.is_none() {
             return Ok(Err(WriteRefusal::UnknownUser));
         }
-        let sql = "WITH up AS (INSERT INTO limits \
-                   (user_id, max_limit, alert_percentage, periode_start, periode_end) \
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET \
-                   max_limit = $2, alert_percentage = $3, periode_start = $4, periode_end = $5) \
-                   SELECT pg_notify($6, $7)";
+        // A new period: the one place the user's history is summed.
+        const SQL: &str = concat!(
+            "WITH up AS (INSERT INTO limits ",
+            "(user_id, max_limit, alert_percentage, periode_start, periode_end, spent) ",
+            "SELECT $1::BIGINT, $2::BIGINT, $3::DOUBLE PRECISION, $4::BIGINT, $5::BIGINT, ",
+            saturated!("COALESCE(SUM(amount), 0)"),
+            " FROM transactions WHERE user_id = $1 AND occurred_at BETWEEN $4 AND $5 ",
+            "ON CONFLICT (user_id) DO UPDATE SET max_limit = EXCLUDED.max_limit, ",
+            "alert_percentage = EXCLUDED.alert_percentage, ",
+            "periode_start = EXCLUDED.periode_start, periode_end = EXCLUDED.periode_end, ",
+            "spent = EXCLUDED.spent) ",
+            "SELECT pg_notify($6, $7)"
+        );
+        let sql = SQL;
         let payload = Event::LimitChanged { user }.encode();
         let alert = limit.alert.value();
         let params: Params<'_> = &[

@@ -14,13 +14,13 @@ use super::requests::{self, Reply};
 use super::streams;
 use super::verdict;
 use crate::api::{self, WriteOp};
-use crate::backend::Backend as Store;
+use crate::backend::{Backend as Store, Written};
 use crate::conn::Conn;
 use crate::domain::UserId;
 use crate::key::{ConnKey, SlabKey};
 use crate::metrics::CloseReason;
 use crate::store::StoreError;
-use crate::writes::{self, Applied};
+use crate::writes::Applied;
 use slab::Slab;
 use std::time::Duration;
 
@@ -46,6 +46,9 @@ impl QueuedWrite {
 pub(super) struct Completion {
     writes: Vec<QueuedWrite>,
     outcome: Result<Vec<Applied>, StoreError>,
+    /// Cluster mode: the views the batch left its users in, for the loop's cache.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    written: Written,
     /// How long the store took over it.
     pub(super) elapsed: Duration,
 }
@@ -53,16 +56,26 @@ pub(super) struct Completion {
 impl Completion {
     pub(super) fn new(
         writes: Vec<QueuedWrite>,
-        outcome: Result<Vec<Applied>, StoreError>,
+        outcome: Result<(Vec<Applied>, Written), StoreError>,
         elapsed: Duration,
     ) -> Completion {
-        Completion { writes, outcome, elapsed }
+        let (outcome, written) = match outcome {
+            Ok((applied, written)) => (Ok(applied), written),
+            Err(e) => (Err(e), Written::default()),
+        };
+        Completion { writes, outcome, written, elapsed }
+    }
+
+    /// What the batch knows of its users (empty on SQLite, and when it failed).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(super) fn written(&self) -> &Written {
+        &self.written
     }
 }
 
 /// A batch that never reached the store: every write is answered as not stored.
 pub(super) fn not_stored(writes: Vec<QueuedWrite>, why: StoreError) -> Completion {
-    Completion { writes, outcome: Err(why), elapsed: Duration::ZERO }
+    Completion { writes, outcome: Err(why), written: Written::default(), elapsed: Duration::ZERO }
 }
 
 /// Applies `writes` in one transaction and commits it; on any error nothing is stored.
@@ -70,23 +83,9 @@ pub(super) fn apply_all(
     store: &Store,
     writes: &[QueuedWrite],
     now_ms: i64,
-) -> Result<Vec<Applied>, StoreError> {
-    store.begin()?;
-    let mut results = Vec::with_capacity(writes.len());
-    for write in writes {
-        match writes::apply(store, &write.op, now_ms) {
-            Ok(applied) => results.push(applied),
-            Err(e) => {
-                store.rollback();
-                return Err(e);
-            }
-        }
-    }
-    if let Err(e) = store.commit() {
-        store.rollback();
-        return Err(e);
-    }
-    Ok(results)
+) -> Result<(Vec<Applied>, Written), StoreError> {
+    let ops: Vec<&WriteOp> = writes.iter().map(|w| &w.op).collect();
+    store.apply_batch(&ops, now_ms)
 }
 
 /// Answers every write of a durable (or failed) batch, pushes its notifications and ends

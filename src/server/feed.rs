@@ -9,8 +9,17 @@
 //!
 //! Nothing here touches a socket or the database: the loop (`mod.rs`) drains the receiver on
 //! the feed's token and carries out what each message means.
+//!
+//! A batch that comes back brings its users' views, which fill the loop's cache instead of
+//! a reload; but an event of another node heard while the batch was in flight may be of a
+//! commit after the batch's, so those users are forgotten instead (`batch_left`,
+//! `heard_other`, `batch_back`). The node's own events (sent by its store's server process)
+//! change nothing the batch did not already say: they forget nothing, but their
+//! notifications still go through the tracker like every other.
 
 use crate::domain::UserId;
+#[cfg(feature = "postgres")]
+use std::collections::HashSet;
 
 /// What to do with one live notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +40,25 @@ pub(super) struct Feed {
     tracker: crate::pg::Tracker,
     /// The listener is connected and listening.
     pub(super) up: bool,
+    /// The server process of this node's store connection (its NOTIFYs are our echoes).
+    own_pid: Option<i32>,
+    /// Since the batch in flight left: the users other nodes' events were heard of, and
+    /// whether the feed lost track of everything (down, catch-up, too many to hold).
+    others: HashSet<UserId>,
+    lost: bool,
+}
+
+/// Past this many users heard of during one batch, all of the batch's views are dropped.
+#[cfg(feature = "postgres")]
+const MAX_HEARD_PER_BATCH: usize = 65_536;
+
+/// What the feed heard while a batch was in flight.
+#[cfg(feature = "postgres")]
+pub(super) struct SinceSent {
+    /// Nothing the batch says can be kept (the feed went down or asked for a catch-up).
+    pub(super) lost: bool,
+    /// Users another node changed meanwhile: their views from the batch are not kept.
+    pub(super) users: HashSet<UserId>,
 }
 
 #[cfg(feature = "postgres")]
@@ -40,7 +68,55 @@ impl Feed {
         waker: std::sync::Arc<mio::Waker>,
     ) -> std::io::Result<Feed> {
         let (listener, heard) = crate::pg::Listener::spawn_with_waker(uri, waker)?;
-        Ok(Feed { listener: Some(listener), heard, tracker: crate::pg::Tracker::new(), up: false })
+        Ok(Feed {
+            listener: Some(listener),
+            heard,
+            tracker: crate::pg::Tracker::new(),
+            up: false,
+            own_pid: None,
+            others: HashSet::new(),
+            lost: false,
+        })
+    }
+
+    /// A batch leaves for the store: what is heard from now on may postdate its commit.
+    pub(super) fn batch_left(&mut self) {
+        self.others.clear();
+        self.lost = false;
+    }
+
+    /// Whether an event was sent by this node's own store connection.
+    pub(super) fn is_own(&self, from: i32) -> bool {
+        self.own_pid == Some(from)
+    }
+
+    /// Another node changed `user`.
+    pub(super) fn heard_other(&mut self, user: UserId) {
+        if self.others.len() >= MAX_HEARD_PER_BATCH {
+            self.lost = true;
+            self.others.clear();
+        } else if !self.lost {
+            self.others.insert(user);
+        }
+    }
+
+    /// The feed went down or asked for a catch-up: nothing cached holds.
+    pub(super) fn lost_track(&mut self) {
+        self.lost = true;
+        self.others.clear();
+    }
+
+    /// The batch is back, written through the store connection `pid` (`None`: not known,
+    /// or the batch failed and the connection may be another one next time): what was heard
+    /// while it was out. Until a batch says which process writes for this node, its echoes
+    /// count as another node's (a reload, nothing worse), so that a pid the server gave
+    /// another node's new connection is never taken for ours.
+    pub(super) fn batch_back(&mut self, pid: Option<i32>) -> SinceSent {
+        self.own_pid = pid;
+        let since =
+            SinceSent { lost: self.lost || !self.up, users: std::mem::take(&mut self.others) };
+        self.lost = false;
+        since
     }
 
     /// A user's first stream opened here, having been sent everything up to `last`.
@@ -107,5 +183,56 @@ impl Feed {
 
     pub(super) fn offer(&mut self, _user: UserId, _id: u64) -> Offer {
         match *self {}
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::*;
+
+    fn feed() -> Feed {
+        let (_, heard) = std::sync::mpsc::sync_channel(1);
+        Feed {
+            listener: None,
+            heard,
+            tracker: crate::pg::Tracker::new(),
+            up: true,
+            own_pid: None,
+            others: HashSet::new(),
+            lost: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_the_views_of_users_no_other_node_changed_meanwhile() {
+        let mut feed = feed();
+        // Heard before the batch left: the batch read after it, under the lock.
+        feed.heard_other(UserId(1));
+        feed.batch_left();
+        feed.heard_other(UserId(2));
+        let since = feed.batch_back(Some(42));
+        assert!(!since.lost);
+        assert_eq!(since.users, HashSet::from([UserId(2)]));
+        // Our own store's events are known by its pid from then on; others' are not ours.
+        assert!(feed.is_own(42) && !feed.is_own(43));
+        // A failed batch reports no pid: nothing counts as ours until the next one is back.
+        feed.batch_left();
+        assert!(feed.batch_back(None).users.is_empty());
+        assert!(!feed.is_own(42));
+    }
+
+    #[test]
+    fn a_lost_feed_keeps_nothing_of_the_batch_in_flight() {
+        let mut feed = feed();
+        feed.batch_left();
+        feed.lost_track();
+        feed.heard_other(UserId(3));
+        assert!(feed.batch_back(Some(1)).lost);
+        // The next batch starts clean, unless the feed is down.
+        feed.batch_left();
+        assert!(!feed.batch_back(Some(1)).lost);
+        feed.up = false;
+        feed.batch_left();
+        assert!(feed.batch_back(Some(1)).lost);
     }
 }

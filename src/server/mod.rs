@@ -690,6 +690,11 @@ impl Server {
         }
         self.ctx.busy_users.extend(batch.iter().map(|w| w.user()));
         self.in_flight = Some(batch.iter().map(|w| w.key).collect());
+        // What the feed hears from now on may be of commits after this batch's.
+        #[cfg(feature = "postgres")]
+        if let Some(feed) = self.ctx.feed.as_mut() {
+            feed.batch_left();
+        }
         let sent = match &self.store_thread {
             Some(thread) => thread.send(batch, now.epoch_ms),
             None => Err(batch),
@@ -702,7 +707,8 @@ impl Server {
     }
 
     /// A batch is back: its users' views are current again (SQLite: the writer put them in
-    /// the shared cache; PostgreSQL: they are loaded afresh), it is answered, and
+    /// the shared cache; PostgreSQL: the views the batch returned, or loaded afresh when
+    /// another node changed them meanwhile), it is answered, and
     /// the requests parked behind it are served (before the next batch leaves, so that a
     /// user who writes without pause cannot keep their reads waiting).
     fn finish_batch(&mut self, done: commit::Completion, now: Now) {
@@ -712,6 +718,15 @@ impl Server {
         self.ctx.feed_epoch += 1;
         for user in self.ctx.busy_users.drain() {
             self.ctx.store.forget(user);
+        }
+        // Cluster mode: the views the batch left its users in, unless another node changed
+        // them meanwhile (or the feed lost track): no reload after every write.
+        #[cfg(feature = "postgres")]
+        if let Some(feed) = self.ctx.feed.as_mut() {
+            let since = feed.batch_back(done.written().pid);
+            if !since.lost {
+                self.ctx.store.fill_written(done.written(), |user| since.users.contains(&user));
+            }
         }
         commit::complete(&mut self.conns, &mut self.ctx, done, now);
         self.serve_parked(now);
@@ -743,19 +758,25 @@ impl Server {
                 }
                 Heard::Down(why) => {
                     feed.up = false;
+                    feed.lost_track();
                     self.ctx.feed_epoch += 1;
                     self.ctx.store.forget_all();
                     log::warn!("PostgreSQL change feed lost ({why}); reconnecting");
                 }
                 Heard::CatchUp | Heard::Unreadable => {
+                    feed.lost_track();
                     self.ctx.feed_epoch += 1;
                     self.ctx.store.forget_all();
                     let all = feed.catch_up_all();
                     self.ctx.catch_ups_wanted.extend(all);
                 }
-                Heard::Event(event) => {
-                    self.ctx.feed_epoch += 1;
-                    self.ctx.store.forget(event.user());
+                Heard::Event { event, from } => {
+                    // Our own store's events say what its batches already put in the cache.
+                    if !feed.is_own(from) {
+                        feed.heard_other(event.user());
+                        self.ctx.feed_epoch += 1;
+                        self.ctx.store.forget(event.user());
+                    }
                     match event {
                         Event::Notification { user, id, data } => {
                             let note = crate::writes::Notification { user, id, data };
