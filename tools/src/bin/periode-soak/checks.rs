@@ -144,7 +144,7 @@ pub fn check_back_to_idle(
     let args = soak.args;
     let open_conns =
         wait_until_no_connections(args.addr, &soak.admin_token, Duration::from_secs(15));
-    if !open_conns.is_some_and(|n| n <= 1) {
+    if open_conns.is_none_or(|n| n > 1) {
         report.fail(format!("connections still open 15 s after every client left: {open_conns:?}"));
     }
     if let (Some(pid), Some((idle_fds, idle_rss))) = (args.pid, idle) {

@@ -60,7 +60,7 @@ pub fn set_up(args: &Args) -> Result<(Setup, Report), String> {
 
     // Idle: once the set-up connections have all closed.
     let quiet = wait_until_no_connections(args.addr, &admin_token, Duration::from_secs(10));
-    if !quiet.is_some_and(|n| n <= 1) {
+    if quiet.is_none_or(|n| n > 1) {
         report.fail(format!("set-up connections still open after 10 s: {quiet:?}"));
     }
     let idle = args.pid.and_then(|pid| Some((procfs::fd_count(pid)?, rss_kib(pid)?)));
