@@ -91,6 +91,12 @@ pub(super) struct Ctx {
     pub(super) feed_epoch: u64,
 }
 
+/// Request buffer bytes released past which a quiet loop trims (`Ctx::trim_pending`).
+const TRIM_WHEN_QUIET_BYTES: usize = 64 << 10;
+/// How long the loop has had nothing to do before it trims: a burst is over, and a trim
+/// inside one would only hand back pages that the next connects fault in again.
+pub(super) const QUIET_MS: u64 = 100;
+
 impl Ctx {
     pub(super) fn new(
         config: Config,
@@ -165,11 +171,34 @@ impl Ctx {
     /// a burst of 1000 clients would stay in the RSS after they left.
     pub(super) fn give_memory_back(&mut self) {
         const TRIM_AFTER_BYTES: usize = 4 << 20;
-        let released = self.held.released();
-        if released.wrapping_sub(self.released_at_last_trim) < TRIM_AFTER_BYTES {
-            return;
+        if self.released_since_trim() >= TRIM_AFTER_BYTES {
+            self.trim();
         }
-        self.released_at_last_trim = released;
+    }
+
+    /// Whether enough request buffers have gone since the last trim that the loop, once
+    /// quiet for `QUIET_MS`, should give their memory back (`give_memory_back_when_quiet`).
+    /// A burst smaller than `give_memory_back`'s 4 MiB stays otherwise: in cluster mode
+    /// every stream request of a user not yet loaded is parked with its bytes held, so a
+    /// connect burst holds ~450 B per connect in flight, and glibc kept those pages after
+    /// they were freed (0.2–0.4 MB of every PostgreSQL node's RSS, docs/memory.md).
+    pub(super) fn trim_pending(&self) -> bool {
+        self.released_since_trim() >= TRIM_WHEN_QUIET_BYTES
+    }
+
+    /// The loop had nothing to do for `QUIET_MS` after a burst: trim once, now.
+    pub(super) fn give_memory_back_when_quiet(&mut self) {
+        if self.trim_pending() {
+            self.trim();
+        }
+    }
+
+    fn released_since_trim(&self) -> usize {
+        self.held.released().wrapping_sub(self.released_at_last_trim)
+    }
+
+    fn trim(&mut self) {
+        self.released_at_last_trim = self.held.released();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the system.
         unsafe {

@@ -262,13 +262,26 @@ impl Server {
                     break;
                 }
             }
-            let timeout = self.poll_timeout(before);
+            let mut timeout = self.poll_timeout(before);
+            // After a burst of request buffers, sleep at most `QUIET_MS`: if nothing came
+            // meanwhile, the burst is over and its memory is given back (docs/memory.md).
+            let trim_pending = self.ctx.trim_pending();
+            if trim_pending {
+                let quiet = Duration::from_millis(ctx::QUIET_MS);
+                timeout = Some(timeout.map_or(quiet, |t| t.min(quiet)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
                 }
             }
             let now = self.ctx.now();
+            if trim_pending
+                && events.is_empty()
+                && now.mono_ms.saturating_sub(before.mono_ms) >= ctx::QUIET_MS
+            {
+                self.ctx.give_memory_back_when_quiet();
+            }
             self.ctx.refresh_date(now);
             // This turn's log lines leave in one write when the turn ends.
             let _log_batch = crate::logging::batch();

@@ -174,14 +174,18 @@ pub(super) fn read_requests(
     now: Now,
     drain: Drain,
 ) -> Verdict {
-    let (mut buf, mut started_ms) = match conn.inbuf.take() {
-        Some(inbuf) => (inbuf.bytes, Some(inbuf.started_ms)),
-        None => {
-            let mut scratch = std::mem::take(&mut ctx.scratch_in);
-            scratch.clear();
-            (scratch, None)
-        }
-    };
+    // Held bytes are read on in the scratch, not in their own exact-size buffer: that one
+    // would be grown by `READ_CHUNK` for the `recv` and dropped after, 16 KiB of the loop's
+    // heap taken and freed per re-served parked request (cluster mode parks every stream
+    // request of a user not yet loaded), leaving holes between the connections' lasting
+    // allocations that stayed in the RSS (docs/memory.md).
+    let mut buf = std::mem::take(&mut ctx.scratch_in);
+    buf.clear();
+    let mut started_ms = None;
+    if let Some(inbuf) = conn.inbuf.take() {
+        buf.extend_from_slice(&inbuf.bytes);
+        started_ms = Some(inbuf.started_ms);
+    }
     // Read what is there, but never more than one largest-possible request beyond what
     // is already buffered: the parser decides after that.
     let limit = http::MAX_HEAD_BYTES + http::MAX_BODY_BYTES + 1;

@@ -33,6 +33,9 @@ Load:
   --spread / --no-spread             client source addresses 127.0.0.2-9 (default: N > 1000)
   --connect-secs S                   connect phase deadline (default 120)
   --settle-secs S                    idle wait before memory is read (default 3)
+  --snapshot CMD                     run `sh -c CMD` right after each memory reading, with
+                                     PERIODE_PID and PERIODE_POINT (before, after) set: to keep
+                                     /proc/PID/smaps or malloc_stats beside the figures
   --fanout-posts N                   events to time to one user's streams (default 50; 0 skips)
   --fanout-gap-ms MS                 pause between them (default 20)
   --heartbeat-window S               measure CPU per heartbeat over S seconds (default 0: skip)
@@ -87,6 +90,8 @@ pub struct Args {
     pub spread: Option<bool>,
     pub connect_secs: u64,
     pub settle_secs: f64,
+    /// A shell command run after each memory reading (see `--snapshot`).
+    pub snapshot: Option<String>,
     pub fanout_posts: usize,
     pub fanout_gap_ms: u64,
     pub heartbeat_window: u64,
@@ -118,6 +123,7 @@ pub fn parse_args() -> Result<Args, lexopt::Error> {
         spread: None,
         connect_secs: 120,
         settle_secs: 3.0,
+        snapshot: None,
         fanout_posts: 50,
         fanout_gap_ms: 20,
         heartbeat_window: 0,
@@ -156,6 +162,7 @@ pub fn parse_args() -> Result<Args, lexopt::Error> {
             Long("no-spread") => a.spread = Some(false),
             Long("connect-secs") => a.connect_secs = parser.value()?.parse()?,
             Long("settle-secs") => a.settle_secs = parser.value()?.parse()?,
+            Long("snapshot") => a.snapshot = Some(parser.value()?.string()?),
             Long("fanout-posts") => a.fanout_posts = parser.value()?.parse()?,
             Long("fanout-gap-ms") => a.fanout_gap_ms = parser.value()?.parse()?,
             Long("heartbeat-window") => a.heartbeat_window = parser.value()?.parse()?,

@@ -91,6 +91,7 @@ fn run(mut args: Args) -> Result<bool, String> {
     let pid = args.pid;
     let rss_before = pid.and_then(procfs::rss_bytes);
     let pss_before = pid.and_then(procfs::pss_bytes);
+    snapshot(&args, pid, "before");
 
     let connect = measure_connect(&mut tool, &args, pid);
     let settle = measure_settle(&mut tool, &args, pid);
@@ -423,6 +424,7 @@ fn measure_settle(tool: &mut Tool, args: &Args, pid: Option<u32>) -> SettleFigur
     let settle_cpu_end = pid.and_then(procfs::cpu);
     let rss_after = pid.and_then(procfs::rss_bytes);
     let pss_after = pid.and_then(procfs::pss_bytes);
+    snapshot(args, pid, "after");
     let live = tool.live_streams();
     let idle_cpu = match (settle_cpu_start, settle_cpu_end) {
         (Some(a), Some(b)) => json!({
@@ -434,6 +436,40 @@ fn measure_settle(tool: &mut Tool, args: &Args, pid: Option<u32>) -> SettleFigur
         _ => json!(null),
     };
     SettleFigures { rss_after, pss_after, live, idle_cpu }
+}
+
+/// `--snapshot`: the operator's command, once the figures of `point` are read (so that what
+/// it does to the server, e.g. a debugger's attach, is not in them). Bounded: killed after
+/// `SNAPSHOT_TIMEOUT`; a failure is said on stderr and changes no figure.
+fn snapshot(args: &Args, pid: Option<u32>, point: &str) {
+    const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+    let (Some(command), Some(pid)) = (&args.snapshot, pid) else { return };
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("PERIODE_PID", pid.to_string())
+        .env("PERIODE_POINT", point)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return eprintln!("periode-density: --snapshot at {point}: {e}"),
+    };
+    let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return,
+            Ok(Some(status)) => {
+                return eprintln!("periode-density: --snapshot at {point}: {status}")
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return eprintln!("periode-density: --snapshot at {point}: stopped after 60 s");
+            }
+        }
+    }
 }
 
 /// What the fan-out rounds measured.
