@@ -187,12 +187,13 @@ fn a_database_from_a_newer_binary_is_refused_and_an_unversioned_one_migrates() {
 }
 
 /// PostgreSQL's schema version is the `meta` table's `schema_version` (src/pg/schema.rs). It
-/// was there from the first PostgreSQL database on, so there is no unversioned one to migrate.
+/// was there from the first PostgreSQL database on, so there is no unversioned one to migrate
+/// (version 1 → 2, which added `limits.spent`, is tested in tests/pg_store.rs).
 fn a_postgresql_schema_from_a_newer_binary_is_refused() {
     let dir = stop(Server::start(&[]));
     let version = "SELECT value FROM meta WHERE key = 'schema_version'";
-    assert_eq!(common::pg::psql_for(&dir.0, version), "1", "a new database records version 1");
-    common::pg::psql_for(&dir.0, "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
+    assert_eq!(common::pg::psql_for(&dir.0, version), "2", "a new database records version 2");
+    common::pg::psql_for(&dir.0, "UPDATE meta SET value = '3' WHERE key = 'schema_version'");
     let password = "hunter2-schema-pw";
     let uri =
         common::pg::database_for(&dir.0).replacen("postgres@", &format!("postgres:{password}@"), 1);
@@ -200,11 +201,11 @@ fn a_postgresql_schema_from_a_newer_binary_is_refused() {
     assert!(!stderr.contains(password), "the password leaked: {stderr}");
     assert_refused(
         (code, stderr),
-        &["schema version is \"2\", newer than this binary's 1", "upgrade periode-sse"],
+        &["schema version is \"3\", newer than this binary's 2", "upgrade periode-sse"],
     );
-    assert_eq!(common::pg::psql_for(&dir.0, version), "2", "the refusal changed nothing");
+    assert_eq!(common::pg::psql_for(&dir.0, version), "3", "the refusal changed nothing");
     // Back to this binary's version, the same database serves again, its data intact.
-    common::pg::psql_for(&dir.0, "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+    common::pg::psql_for(&dir.0, "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
     let server = Server::start_with(Options { dir: Some(dir), ..Options::default() });
     let status = server.get(common::STATUS, Some(&server.token(13)));
     assert_eq!(status.json()["currentSpending"], 267000, "{}", status.body);
