@@ -67,8 +67,9 @@ pub(super) struct Ctx {
     date: String,
     date_second: i64,
     rng: crate::rng::Rng,
-    /// Users with a write in the batch on the store thread: their requests wait (`parked`).
-    pub(super) busy_users: std::collections::HashSet<UserId>,
+    /// Users with writes queued on the store thread, and how many: their requests wait
+    /// (`parked`) until those are answered.
+    pub(super) busy_users: std::collections::HashMap<UserId, u32>,
     /// Connections whose next request waits for the store (a batch in flight, a load), and
     /// since when (monotonic ms): past `PARK_DEADLINE_MS` they are answered 503.
     pub(super) parked: Vec<(ConnKey, u64)>,

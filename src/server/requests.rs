@@ -360,7 +360,8 @@ fn serve_buffered(
     (used, Verdict::Continue)
 }
 
-/// Whether the request is of a user whose batch is on the store thread. Until that batch's
+/// Whether the request is of a user with writes on the store thread (queued there, or in
+/// the batch it is applying). Until that batch's
 /// completion is handled the loop's reader may already see its commit, and a stream opened
 /// then would get its notification twice (in its snapshot, then from the fan-out); a read
 /// would see a write not yet answered. So such a request waits; everyone else's go on. The
@@ -407,7 +408,7 @@ fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) 
         claims
     };
     let user = claims.user;
-    if ctx.busy_users.contains(&user) || ctx.loading.contains_key(&Wanted::User(user)) {
+    if ctx.busy_users.contains_key(&user) || ctx.loading.contains_key(&Wanted::User(user)) {
         return true;
     }
     if ctx.store.needs_load(user, after) {
