@@ -20,6 +20,7 @@ use crate::api::{self, Outcome};
 use crate::backend::{MintFor, TicketKey, Wanted};
 use crate::conn::{Conn, HeldBytes, InBuf, Phase, ReadOutcome};
 use crate::http::{self, Parse, Request};
+use crate::jwt::Claims;
 use crate::key::ConnKey;
 use crate::metrics::CloseReason;
 
@@ -50,7 +51,7 @@ pub(super) struct Access {
 }
 
 impl Access {
-    fn of(request: &Request<'_>, ctx: &Ctx, now: Now) -> Access {
+    fn of(request: &Request<'_>, ctx: &Ctx, verified: Option<Claims>, now: Now) -> Access {
         let method = match request.method {
             http::Method::Get => "GET",
             http::Method::Head => "HEAD",
@@ -59,8 +60,9 @@ impl Access {
             http::Method::Options => "OPTIONS",
             http::Method::Other => "OTHER",
         };
-        let user = api::bearer_token(request)
-            .and_then(|token| {
+        let user = verified
+            .or_else(|| {
+                let token = api::bearer_token(request)?;
                 crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000))
                     .ok()
             })
@@ -329,10 +331,11 @@ fn serve_buffered(
             Parse::Partial => {
                 if let Some(head) = http::parse_head(&buf[used..]) {
                     // Answering from the head may read the user (active?): it waits too.
-                    if !conn.metrics_only && waits_for_store(ctx, &head, false, now) {
-                        return (used, Verdict::Wait);
-                    }
-                    if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, now) {
+                    let verified = match admit(conn, ctx, &head, false, now) {
+                        Admit::Wait => return (used, Verdict::Wait),
+                        Admit::Serve(verified) => verified,
+                    };
+                    if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, verified, now) {
                         return (buf.len(), verdict);
                     }
                 }
@@ -344,13 +347,13 @@ fn serve_buffered(
                 return (buf.len(), respond(conn, key, ctx, &response, &Reply::invalid(), now));
             }
             Parse::Complete(request, n) => {
-                // The metrics port reads no store: it never waits.
-                if !conn.metrics_only && waits_for_store(ctx, &request, true, now) {
+                let verified = match admit(conn, ctx, &request, true, now) {
                     // Left in the buffer, and served when the user's batch is back.
-                    return (used, Verdict::Wait);
-                }
+                    Admit::Wait => return (used, Verdict::Wait),
+                    Admit::Serve(verified) => verified,
+                };
                 used += n;
-                match serve(conn, key, ctx, &request, now) {
+                match serve(conn, key, ctx, &request, verified, now) {
                     Verdict::Continue => {}
                     other => return (used, other),
                 }
@@ -358,6 +361,22 @@ fn serve_buffered(
         }
     }
     (used, Verdict::Continue)
+}
+
+/// Whether a request is served now or waits for the store (`waits_for_store`).
+enum Admit {
+    Wait,
+    /// Served, with its bearer token's claims when they were verified on the way (so that
+    /// `api` does not verify the token again).
+    Serve(Option<Claims>),
+}
+
+fn admit(conn: &Conn, ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) -> Admit {
+    // The metrics port reads no store: it never waits.
+    if conn.metrics_only {
+        return Admit::Serve(None);
+    }
+    waits_for_store(ctx, request, whole, now)
 }
 
 /// Whether the request is of a user with writes on the store thread (queued there, or in
@@ -372,44 +391,47 @@ fn serve_buffered(
 /// user; a presented `?ticket=`, redeemed in the table every node shares (with its user's
 /// reads, in the same job); and for `POST …/ticket` (`whole`: its body has come too, and its
 /// user's reads say it may have one) a ticket minted there.
-fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) -> bool {
+fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) -> Admit {
     let shared = ctx.store.shares_tickets();
     if ctx.busy_users.is_empty() && !shared {
-        return false;
+        return Admit::Serve(None);
     }
     let route = api::Route::of(request.path);
     let after = (route == api::Route::Stream).then(|| api::resume_point(request)).flatten();
-    let claims = if let Some(text) = api::stream_ticket(request) {
-        if shared {
+    // A ticket's claims are the ticket's to give (`api` redeems it); a bearer token's
+    // verified here are handed on.
+    let (claims, verified) = if let Some(text) = api::stream_ticket(request) {
+        let claims = if shared {
             // Not even the shape of a ticket: refused by `api` without asking anyone.
             let Some(key) = crate::tickets::shared_key(&text).map(TicketKey) else {
-                return false;
+                return Admit::Serve(None);
             };
             match ctx.store.redeemed(key) {
                 Some(Ok(Ok(claims))) => claims,
                 // Refused, used, or the store failed: answered at once.
-                Some(_) => return false,
+                Some(_) => return Admit::Serve(None),
                 None => return ask_store(ctx, Wanted::Redeem(key), after),
             }
         } else {
             // SQLite: the ticket is in memory, and is only looked at here (`api` uses it).
             match ctx.tickets.borrow().check(&text, now.epoch_ms) {
                 Ok(claims) => claims,
-                Err(_) => return false,
+                Err(_) => return Admit::Serve(None),
             }
-        }
+        };
+        (claims, None)
     } else {
         // A token that does not verify is refused by `api` without reading anything.
         let Some(claims) = api::bearer_token(request).and_then(|token| {
             crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
         }) else {
-            return false;
+            return Admit::Serve(None);
         };
-        claims
+        (claims, Some(claims))
     };
     let user = claims.user;
     if ctx.busy_users.contains_key(&user) || ctx.loading.contains_key(&Wanted::User(user)) {
-        return true;
+        return Admit::Wait;
     }
     if ctx.store.needs_load(user, after) {
         return ask_store(ctx, Wanted::User(user), after);
@@ -427,20 +449,28 @@ fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) 
             return ask_store(ctx, Wanted::Mint(wanted), None);
         }
     }
-    false
+    Admit::Serve(verified)
 }
 
 /// Asks the store thread (at step 7) for `wanted`, unless it is already on its way; the
 /// request waits either way.
-fn ask_store(ctx: &mut Ctx, wanted: Wanted, after: Option<u64>) -> bool {
+fn ask_store(ctx: &mut Ctx, wanted: Wanted, after: Option<u64>) -> Admit {
     if !ctx.loading.contains_key(&wanted) {
         ctx.loading.insert(wanted, ctx.feed_epoch);
         ctx.loads_wanted.push((wanted, after));
     }
-    true
+    Admit::Wait
 }
 
-fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, now: Now) -> Verdict {
+/// `verified`: the request's bearer claims if `waits_for_store` verified them already.
+fn serve(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    request: &Request<'_>,
+    verified: Option<Claims>,
+    now: Now,
+) -> Verdict {
     let route = api::Route::of(request.path);
     let allowed_origin = match request.origin {
         Some(origin) if ctx.config.cors.allows(origin) => Some(origin.to_vec()),
@@ -454,7 +484,7 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
             && (request.query.contains("access_token") || request.query.contains("ticket")),
         route: route.label(),
         head_only: request.method == http::Method::Head,
-        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
+        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, verified, now))),
     };
     if conn.metrics_only {
         return respond(conn, key, ctx, &metrics_port_answer(request, ctx), &reply, now);
@@ -480,6 +510,7 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
             tickets: &ctx.tickets,
             now_ms: now.epoch_ms,
             render_metrics: &render,
+            verified,
         };
         api::handle(request, &api_ctx)
     };
@@ -521,6 +552,7 @@ fn refuse_from_head(
     key: ConnKey,
     ctx: &mut Ctx,
     request: &Request<'_>,
+    verified: Option<Claims>,
     now: Now,
 ) -> Option<Verdict> {
     let reply = Reply {
@@ -534,7 +566,7 @@ fn refuse_from_head(
             && (request.query.contains("access_token") || request.query.contains("ticket")),
         route: api::Route::of(request.path).label(),
         head_only: request.method == http::Method::Head,
-        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
+        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, verified, now))),
     };
     let response = if request.host_is_valid() {
         let ctx: &Ctx = ctx;
@@ -547,6 +579,7 @@ fn refuse_from_head(
             tickets: &ctx.tickets,
             now_ms: now.epoch_ms,
             render_metrics: &render,
+            verified,
         };
         api::refuse_from_head(request, &api_ctx)?
     } else {
