@@ -133,8 +133,11 @@ pub(super) fn on_readable(
 ) -> Verdict {
     match conn.phase {
         Phase::Request => read_requests(conn, key, ctx, now, drain),
-        // Reading resumes once the commit has answered (the loop queues it `again`).
-        Phase::Committing => Verdict::Continue,
+        // Reading resumes once the commit has answered: this event is not reported again.
+        Phase::Committing => {
+            ctx.read_later.insert(key);
+            Verdict::Continue
+        }
         Phase::Stream(_) | Phase::Closing { .. } => read_and_discard(conn, ctx, drain),
     }
 }
@@ -191,6 +194,8 @@ pub(super) fn read_requests(
     let mut gone = false;
     let mut budget = IO_BUDGET_PER_TURN + limit;
     let mut cut_short = false;
+    // The socket was read empty: whatever comes next raises a new event.
+    let mut drained = false;
     while buf.len() < limit {
         if budget == 0 {
             cut_short = true;
@@ -202,10 +207,14 @@ pub(super) fn read_requests(
                 budget = budget.saturating_sub(n);
                 started_ms.get_or_insert(now.mono_ms);
                 if n < want && drain == Drain::UntilShortRead {
+                    drained = true;
                     break;
                 }
             }
-            ReadOutcome::WouldBlock => break,
+            ReadOutcome::WouldBlock => {
+                drained = true;
+                break;
+            }
             ReadOutcome::Eof => {
                 eof = true;
                 break;
@@ -220,6 +229,10 @@ pub(super) fn read_requests(
         cut_short = true;
     }
     let (consumed, verdict) = serve_buffered(conn, key, ctx, &buf, now);
+    if matches!(verdict, Verdict::Commit(..)) && !drained {
+        // An EOF or bytes left in the socket: looked at again once the write is answered.
+        ctx.read_later.insert(key);
+    }
     let rest = &buf[consumed..];
     // Still reading requests: nothing ended the connection and no stream started.
     let reading = matches!(verdict, Verdict::Continue | Verdict::Commit(..) | Verdict::Wait)
