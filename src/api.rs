@@ -190,6 +190,10 @@ pub struct Ctx<'a> {
     pub now_ms: i64,
     /// `/metrics` text, rendered by the server only when that route asks for it.
     pub render_metrics: &'a dyn Fn() -> String,
+    /// The claims of this request's bearer token (`bearer_token`), when the caller has
+    /// already verified it against `secret` at `now_ms`: not verified a second time. Only
+    /// used when the request carries no stream ticket, as in `authenticate`.
+    pub verified: Option<jwt::Claims>,
 }
 
 pub fn handle(req: &Request<'_>, ctx: &Ctx<'_>) -> Outcome {
@@ -326,6 +330,9 @@ fn authenticate(req: &Request<'_>, ctx: &Ctx<'_>, ticket: Ticket) -> Result<jwt:
             response.cache_control = Some("no-store");
             response
         })?
+    } else if let Some(claims) = ctx.verified {
+        // The caller verified this very token already (`Ctx::verified`).
+        claims
     } else {
         let Some(token) = bearer_token(req) else {
             let mut response =

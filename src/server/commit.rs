@@ -126,6 +126,7 @@ pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, 
             ctx.metrics.transactions_recorded += 1;
         }
         let key = write.key;
+        let unread = ctx.read_later.remove(&key);
         if let Some(conn) =
             conns.get_mut(key.index()).filter(|c| c.gen == key.generation() && c.doomed.is_none())
         {
@@ -135,9 +136,9 @@ pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, 
             let answered = requests::respond(conn, key, ctx, &applied.response, &reply, now);
             verdict::carry_out(conn, key, ctx, answered, now);
             // Bytes that came behind the write (pipelining) are served next turn, and the
-            // socket is read again whatever the answer did: its readiness (an EOF too) may
-            // have been reported while we were not reading.
-            if conn.doomed.is_none() {
+            // socket is read again if its readiness (an EOF too) was reported while we were
+            // not reading, or its last read stopped short (`Ctx::read_later`).
+            if conn.doomed.is_none() && (unread || conn.inbuf.is_some()) {
                 ctx.again.push(key);
             }
         }

@@ -54,6 +54,11 @@ pub(super) struct Ctx {
     pub(super) again: Vec<ConnKey>,
     /// Writes waiting for this turn's group commit.
     pub(super) batch: Vec<QueuedWrite>,
+    /// Writers whose socket may hold what no new event will report — a readiness event came
+    /// while they were committing, or the read that found their write stopped before the
+    /// socket was empty — so they are read again once answered. The others are not: the next
+    /// request raises an event of its own.
+    pub(super) read_later: std::collections::HashSet<ConnKey>,
     /// Streams that ended this turn (their connection lingers): unlinked at the reap.
     pub(super) ended: Vec<(ConnKey, UserId)>,
     /// Connections marked to close: removed at the reap.
@@ -67,8 +72,9 @@ pub(super) struct Ctx {
     date: String,
     date_second: i64,
     rng: crate::rng::Rng,
-    /// Users with a write in the batch on the store thread: their requests wait (`parked`).
-    pub(super) busy_users: std::collections::HashSet<UserId>,
+    /// Users with writes queued on the store thread, and how many: their requests wait
+    /// (`parked`) until those are answered.
+    pub(super) busy_users: std::collections::HashMap<UserId, u32>,
     /// Connections whose next request waits for the store (a batch in flight, a load), and
     /// since when (monotonic ms): past `PARK_DEADLINE_MS` they are answered 503.
     pub(super) parked: Vec<(ConnKey, u64)>,
@@ -127,6 +133,7 @@ impl Ctx {
             heartbeat_frame: None,
             again: Vec::new(),
             batch: Vec::new(),
+            read_later: Default::default(),
             ended: Vec::new(),
             to_close: Vec::new(),
             shutdown_deadline: None,

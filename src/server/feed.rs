@@ -79,10 +79,16 @@ impl Feed {
         })
     }
 
-    /// A batch leaves for the store: what is heard from now on may postdate its commit.
-    pub(super) fn batch_left(&mut self) {
-        self.others.clear();
-        self.lost = false;
+    /// Writes leave for the store while none are in flight (`idle`): what is heard from now
+    /// on may postdate their commit. Writes queued while others are still out start nothing:
+    /// what was heard since the oldest of them left counts for them too (more forgetting,
+    /// never a stale view kept), since the store thread may take several turns' writes into
+    /// one batch.
+    pub(super) fn batch_left(&mut self, idle: bool) {
+        if idle {
+            self.others.clear();
+            self.lost = false;
+        }
     }
 
     /// Whether an event was sent by this node's own store connection.
@@ -110,13 +116,16 @@ impl Feed {
     /// or the batch failed and the connection may be another one next time): what was heard
     /// while it was out. Until a batch says which process writes for this node, its echoes
     /// count as another node's (a reload, nothing worse), so that a pid the server gave
-    /// another node's new connection is never taken for ours.
-    pub(super) fn batch_back(&mut self, pid: Option<i32>) -> SinceSent {
+    /// another node's new connection is never taken for ours. With writes still out
+    /// (`more_in_flight`) what was heard stays for them.
+    pub(super) fn batch_back(&mut self, pid: Option<i32>, more_in_flight: bool) -> SinceSent {
         self.own_pid = pid;
-        let since =
-            SinceSent { lost: self.lost || !self.up, users: std::mem::take(&mut self.others) };
+        let lost = self.lost || !self.up;
+        if more_in_flight {
+            return SinceSent { lost, users: self.others.clone() };
+        }
         self.lost = false;
-        since
+        SinceSent { lost, users: std::mem::take(&mut self.others) }
     }
 
     /// A user's first stream opened here, having been sent everything up to `last`.
@@ -208,31 +217,48 @@ mod tests {
         let mut feed = feed();
         // Heard before the batch left: the batch read after it, under the lock.
         feed.heard_other(UserId(1));
-        feed.batch_left();
+        feed.batch_left(true);
         feed.heard_other(UserId(2));
-        let since = feed.batch_back(Some(42));
+        let since = feed.batch_back(Some(42), false);
         assert!(!since.lost);
         assert_eq!(since.users, HashSet::from([UserId(2)]));
         // Our own store's events are known by its pid from then on; others' are not ours.
         assert!(feed.is_own(42) && !feed.is_own(43));
         // A failed batch reports no pid: nothing counts as ours until the next one is back.
-        feed.batch_left();
-        assert!(feed.batch_back(None).users.is_empty());
+        feed.batch_left(true);
+        assert!(feed.batch_back(None, false).users.is_empty());
         assert!(!feed.is_own(42));
     }
 
     #[test]
     fn a_lost_feed_keeps_nothing_of_the_batch_in_flight() {
         let mut feed = feed();
-        feed.batch_left();
+        feed.batch_left(true);
         feed.lost_track();
         feed.heard_other(UserId(3));
-        assert!(feed.batch_back(Some(1)).lost);
+        assert!(feed.batch_back(Some(1), false).lost);
         // The next batch starts clean, unless the feed is down.
-        feed.batch_left();
-        assert!(!feed.batch_back(Some(1)).lost);
+        feed.batch_left(true);
+        assert!(!feed.batch_back(Some(1), false).lost);
         feed.up = false;
-        feed.batch_left();
-        assert!(feed.batch_back(Some(1)).lost);
+        feed.batch_left(true);
+        assert!(feed.batch_back(Some(1), false).lost);
+    }
+
+    #[test]
+    fn writes_queued_behind_a_batch_count_what_was_heard_since_the_first_left() {
+        let mut feed = feed();
+        feed.batch_left(true);
+        feed.heard_other(UserId(5));
+        // More writes queued while the first are out: nothing is reset.
+        feed.batch_left(false);
+        feed.heard_other(UserId(6));
+        let first = feed.batch_back(Some(7), true);
+        assert_eq!(first.users, HashSet::from([UserId(5), UserId(6)]));
+        // The last writes back: they too drop both, and the next batch starts clean.
+        let last = feed.batch_back(Some(7), false);
+        assert_eq!(last.users, HashSet::from([UserId(5), UserId(6)]));
+        feed.batch_left(true);
+        assert!(feed.batch_back(Some(7), false).users.is_empty());
     }
 }

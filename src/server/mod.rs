@@ -28,10 +28,11 @@
 //!     threads sent back: a batch in flight is answered and fanned out and its users' cached
 //!     views forgotten, a load fills the cache, a catch-up's rows are pushed — each time the
 //!     requests parked for the store are served again; then the loads, catch-ups and (idle,
-//!     cluster mode) a ping asked for are sent; then, if no batch is in flight, the writes
-//!     queued meanwhile go to the store as the next batch. A request of a user whose batch is
-//!     in flight, or (cluster mode) whose reads are not cached, is parked (`Verdict::Wait`)
-//!     rather than read, and answered 503 if the store has not answered in 1.5 s;
+//!     cluster mode) a ping asked for are sent; then this turn's writes are queued on the
+//!     store thread, which takes everything queued whenever it is free (so a batch never
+//!     waits for a loop turn to leave). A request of a user with writes queued there, or
+//!     (cluster mode) whose reads are not cached, is parked (`Verdict::Wait`) rather than
+//!     read, and answered 503 if the store has not answered in 1.5 s;
 //!  8. reap: streams that ended this turn are unlinked from the registry, and connections
 //!     marked to close are removed from the wheel, the registry and the slab, and their
 //!     sockets closed — the one place a connection dies and the one place anything is
@@ -157,10 +158,11 @@ pub struct Server {
     read_store: Option<Backend>,
     read_thread: Option<store_thread::StoreThread>,
     waker: std::sync::Arc<mio::Waker>,
-    /// The writers of the batch on the store thread, if one is in flight.
-    in_flight: Option<Vec<ConnKey>>,
+    /// The writers queued on the store thread whose batch has not come back yet.
+    in_flight: std::collections::HashSet<ConnKey>,
     /// PostgreSQL: a batch's writes are applied in ascending user id, so that two nodes'
-    /// batches lock users' rows in one order and cannot deadlock (docs/cluster.md).
+    /// batches lock users' rows in one order and cannot deadlock (docs/cluster.md). SQLite
+    /// batches take in what is queued while they are applied instead (`store_thread.rs`).
     sort_batches: bool,
     /// Cluster mode: when the next ping of the store is due (monotonic ms); `None` on SQLite.
     next_ping_ms: Option<u64>,
@@ -218,7 +220,7 @@ impl Server {
             read_store,
             read_thread: None,
             waker,
-            in_flight: None,
+            in_flight: Default::default(),
             sort_batches,
             // PostgreSQL is the backend that batches are sorted for, and that is pinged.
             next_ping_ms: sort_batches.then_some(0),
@@ -246,10 +248,13 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         if let Some(store) = self.writer.take() {
-            self.store_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
+            let absorb = !self.sort_batches;
+            self.store_thread =
+                Some(store_thread::StoreThread::spawn(store, self.waker.clone(), absorb)?);
         }
         if let Some(store) = self.read_store.take() {
-            self.read_thread = Some(store_thread::StoreThread::spawn(store, self.waker.clone())?);
+            self.read_thread =
+                Some(store_thread::StoreThread::spawn(store, self.waker.clone(), false)?);
         }
         if let Some(addr) = self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             log::info!("metrics served without authentication on http://{addr}/metrics");
@@ -369,14 +374,14 @@ impl Server {
             // Writers in neither the queued batch nor the one in flight were never answered,
             // and are closed rather than left waiting.
             let batch = &self.ctx.batch;
-            let in_flight = self.in_flight.as_deref().unwrap_or(&[]);
+            let in_flight = &self.in_flight;
             let orphans: Vec<ConnKey> = self
                 .conns
                 .iter()
                 .filter(|(k, c)| {
                     matches!(c.phase, Phase::Committing)
                         && !batch.iter().any(|w| w.key.index() == *k)
-                        && !in_flight.iter().any(|w| w.index() == *k)
+                        && !in_flight.contains(&ConnKey::new(*k, c.gen))
                 })
                 .map(|(k, c)| ConnKey::new(k, c.gen))
                 .collect();
@@ -392,7 +397,7 @@ impl Server {
 
     fn poll_timeout(&self, now: Now) -> Option<Duration> {
         if !self.ctx.again.is_empty()
-            || (!self.ctx.batch.is_empty() && self.in_flight.is_none())
+            || !self.ctx.batch.is_empty()
             || !self.ctx.loads_wanted.is_empty()
             || self.accept_more
             || !self.ctx.to_close.is_empty()
@@ -585,20 +590,19 @@ impl Server {
 
     fn finish_shutdown(&mut self) {
         // Writes still queued or in flight were never answered; they are committed all the
-        // same if the store answers in time (bounded: two batches at most).
-        for _ in 0..2 {
-            let now = self.ctx.now();
-            if self.in_flight.is_some() {
-                let done = self.store_thread.as_ref().and_then(|t| t.wait(Duration::from_secs(1)));
-                match done {
-                    Some(done) => self.finish_batch(done, now),
-                    None => break,
-                }
-            }
-            if self.ctx.batch.is_empty() {
+        // same if the store answers in time (bounded: a few batches, a second each).
+        if !self.ctx.batch.is_empty() {
+            self.send_batch(self.ctx.now());
+        }
+        for _ in 0..3 {
+            if self.in_flight.is_empty() {
                 break;
             }
-            self.send_batch(now);
+            let done = self.store_thread.as_ref().and_then(|t| t.wait(Duration::from_secs(1)));
+            match done {
+                Some((done, writers)) => self.finish_batch(done, &writers, self.ctx.now()),
+                None => break,
+            }
         }
         let left = self.conns.len();
         if left > 0 {
@@ -635,8 +639,8 @@ impl Server {
         self.ctx.due = due;
     }
 
-    /// Step 7: the batch in flight, if it has come back, is answered and fanned out; then
-    /// the writes queued meanwhile leave as the next batch.
+    /// Step 7: the batches that have come back are answered and fanned out; then this
+    /// turn's writes are queued for the store thread.
     fn commit_batch(&mut self, now: Now) {
         #[cfg(feature = "postgres")]
         self.on_feed(now);
@@ -644,7 +648,9 @@ impl Server {
             let done = self.store_thread.as_ref().and_then(|t| t.take());
             let done = done.or_else(|| self.read_thread.as_ref().and_then(|t| t.take()));
             match done {
-                Some(store_thread::Done::Batch(done)) => self.finish_batch(done, now),
+                Some(store_thread::Done::Batch(done, writers)) => {
+                    self.finish_batch(done, &writers, now)
+                }
                 Some(store_thread::Done::Loaded(user, load)) => {
                     let asked_at = self.ctx.loading.remove(&user);
                     self.ctx.store.fill(user, load);
@@ -662,7 +668,7 @@ impl Server {
         }
         if let Some(at) = self.next_ping_ms.filter(|at| now.mono_ms >= *at) {
             // Only while idle: a batch in flight says as much about the store.
-            if self.in_flight.is_none() {
+            if self.in_flight.is_empty() {
                 if let Some(thread) = &self.store_thread {
                     thread.ping();
                 }
@@ -685,7 +691,7 @@ impl Server {
                 self.ctx.store.done_with(user, false);
             }
         }
-        if self.in_flight.is_none() && !self.ctx.batch.is_empty() {
+        if !self.ctx.batch.is_empty() {
             self.send_batch(now);
         }
     }
@@ -695,27 +701,28 @@ impl Server {
         self.read_thread.as_ref().or(self.store_thread.as_ref())
     }
 
+    /// Queues this turn's writes on the store thread, which takes them as soon as it is free
+    /// (at once if it is idle); until they come back their users' requests wait.
     fn send_batch(&mut self, now: Now) {
-        let mut batch = std::mem::take(&mut self.ctx.batch);
-        if self.sort_batches {
-            // Stable: a user's own writes keep their order; each write has its own answer.
-            batch.sort_by_key(|w| w.user());
-        }
-        self.ctx.busy_users.extend(batch.iter().map(|w| w.user()));
-        self.in_flight = Some(batch.iter().map(|w| w.key).collect());
-        // What the feed hears from now on may be of commits after this batch's.
+        let batch = std::mem::take(&mut self.ctx.batch);
+        // What the feed hears from now on may be of commits after these writes'.
         #[cfg(feature = "postgres")]
         if let Some(feed) = self.ctx.feed.as_mut() {
-            feed.batch_left();
+            feed.batch_left(self.in_flight.is_empty());
+        }
+        for write in &batch {
+            *self.ctx.busy_users.entry(write.user()).or_insert(0) += 1;
+            self.in_flight.insert(write.key);
         }
         let sent = match &self.store_thread {
-            Some(thread) => thread.send(batch, now.epoch_ms),
+            Some(thread) => thread.queue(batch, now.epoch_ms),
             None => Err(batch),
         };
         if let Err(batch) = sent {
+            let writers: Vec<_> = batch.iter().map(|w| (w.key, w.user())).collect();
             let why = "the store thread has stopped".to_string();
             let done = commit::not_stored(batch, crate::store::StoreError::Unavailable(why));
-            self.finish_batch(done, now);
+            self.finish_batch(done, &writers, now);
         }
     }
 
@@ -724,19 +731,32 @@ impl Server {
     /// another node changed them meanwhile), it is answered, and
     /// the requests parked behind it are served (before the next batch leaves, so that a
     /// user who writes without pause cannot keep their reads waiting).
-    fn finish_batch(&mut self, done: commit::Completion, now: Now) {
+    fn finish_batch(
+        &mut self,
+        done: commit::Completion,
+        writers: &[(ConnKey, crate::domain::UserId)],
+        now: Now,
+    ) {
         self.ctx.metrics.count_commit_latency(done.elapsed);
-        self.in_flight = None;
         // A load read on the other connection before this commit may come back after it.
         self.ctx.feed_epoch += 1;
-        for user in self.ctx.busy_users.drain() {
-            self.ctx.store.forget(user);
+        for (key, user) in writers {
+            self.in_flight.remove(key);
+            if let std::collections::hash_map::Entry::Occupied(mut busy) =
+                self.ctx.busy_users.entry(*user)
+            {
+                *busy.get_mut() -= 1;
+                if *busy.get() == 0 {
+                    busy.remove();
+                }
+            }
+            self.ctx.store.forget(*user);
         }
         // Cluster mode: the views the batch left its users in, unless another node changed
         // them meanwhile (or the feed lost track): no reload after every write.
         #[cfg(feature = "postgres")]
         if let Some(feed) = self.ctx.feed.as_mut() {
-            let since = feed.batch_back(done.written().pid);
+            let since = feed.batch_back(done.written().pid, !self.in_flight.is_empty());
             if !since.lost {
                 self.ctx.store.fill_written(done.written(), |user| since.users.contains(&user));
             }

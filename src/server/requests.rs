@@ -20,6 +20,7 @@ use crate::api::{self, Outcome};
 use crate::backend::{MintFor, TicketKey, Wanted};
 use crate::conn::{Conn, HeldBytes, InBuf, Phase, ReadOutcome};
 use crate::http::{self, Parse, Request};
+use crate::jwt::Claims;
 use crate::key::ConnKey;
 use crate::metrics::CloseReason;
 
@@ -50,7 +51,7 @@ pub(super) struct Access {
 }
 
 impl Access {
-    fn of(request: &Request<'_>, ctx: &Ctx, now: Now) -> Access {
+    fn of(request: &Request<'_>, ctx: &Ctx, verified: Option<Claims>, now: Now) -> Access {
         let method = match request.method {
             http::Method::Get => "GET",
             http::Method::Head => "HEAD",
@@ -59,8 +60,9 @@ impl Access {
             http::Method::Options => "OPTIONS",
             http::Method::Other => "OTHER",
         };
-        let user = api::bearer_token(request)
-            .and_then(|token| {
+        let user = verified
+            .or_else(|| {
+                let token = api::bearer_token(request)?;
                 crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000))
                     .ok()
             })
@@ -131,8 +133,11 @@ pub(super) fn on_readable(
 ) -> Verdict {
     match conn.phase {
         Phase::Request => read_requests(conn, key, ctx, now, drain),
-        // Reading resumes once the commit has answered (the loop queues it `again`).
-        Phase::Committing => Verdict::Continue,
+        // Reading resumes once the commit has answered: this event is not reported again.
+        Phase::Committing => {
+            ctx.read_later.insert(key);
+            Verdict::Continue
+        }
         Phase::Stream(_) | Phase::Closing { .. } => read_and_discard(conn, ctx, drain),
     }
 }
@@ -193,6 +198,8 @@ pub(super) fn read_requests(
     let mut gone = false;
     let mut budget = IO_BUDGET_PER_TURN + limit;
     let mut cut_short = false;
+    // The socket was read empty: whatever comes next raises a new event.
+    let mut drained = false;
     while buf.len() < limit {
         if budget == 0 {
             cut_short = true;
@@ -204,10 +211,14 @@ pub(super) fn read_requests(
                 budget = budget.saturating_sub(n);
                 started_ms.get_or_insert(now.mono_ms);
                 if n < want && drain == Drain::UntilShortRead {
+                    drained = true;
                     break;
                 }
             }
-            ReadOutcome::WouldBlock => break,
+            ReadOutcome::WouldBlock => {
+                drained = true;
+                break;
+            }
             ReadOutcome::Eof => {
                 eof = true;
                 break;
@@ -222,6 +233,10 @@ pub(super) fn read_requests(
         cut_short = true;
     }
     let (consumed, verdict) = serve_buffered(conn, key, ctx, &buf, now);
+    if matches!(verdict, Verdict::Commit(..)) && !drained {
+        // An EOF or bytes left in the socket: looked at again once the write is answered.
+        ctx.read_later.insert(key);
+    }
     let rest = &buf[consumed..];
     // Still reading requests: nothing ended the connection and no stream started.
     let reading = matches!(verdict, Verdict::Continue | Verdict::Commit(..) | Verdict::Wait)
@@ -333,10 +348,11 @@ fn serve_buffered(
             Parse::Partial => {
                 if let Some(head) = http::parse_head(&buf[used..]) {
                     // Answering from the head may read the user (active?): it waits too.
-                    if !conn.metrics_only && waits_for_store(ctx, &head, false, now) {
-                        return (used, Verdict::Wait);
-                    }
-                    if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, now) {
+                    let verified = match admit(conn, ctx, &head, false, now) {
+                        Admit::Wait => return (used, Verdict::Wait),
+                        Admit::Serve(verified) => verified,
+                    };
+                    if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, verified, now) {
                         return (buf.len(), verdict);
                     }
                 }
@@ -348,13 +364,13 @@ fn serve_buffered(
                 return (buf.len(), respond(conn, key, ctx, &response, &Reply::invalid(), now));
             }
             Parse::Complete(request, n) => {
-                // The metrics port reads no store: it never waits.
-                if !conn.metrics_only && waits_for_store(ctx, &request, true, now) {
+                let verified = match admit(conn, ctx, &request, true, now) {
                     // Left in the buffer, and served when the user's batch is back.
-                    return (used, Verdict::Wait);
-                }
+                    Admit::Wait => return (used, Verdict::Wait),
+                    Admit::Serve(verified) => verified,
+                };
                 used += n;
-                match serve(conn, key, ctx, &request, now) {
+                match serve(conn, key, ctx, &request, verified, now) {
                     Verdict::Continue => {}
                     other => return (used, other),
                 }
@@ -364,7 +380,24 @@ fn serve_buffered(
     (used, Verdict::Continue)
 }
 
-/// Whether the request is of a user whose batch is on the store thread. Until that batch's
+/// Whether a request is served now or waits for the store (`waits_for_store`).
+enum Admit {
+    Wait,
+    /// Served, with its bearer token's claims when they were verified on the way (so that
+    /// `api` does not verify the token again).
+    Serve(Option<Claims>),
+}
+
+fn admit(conn: &Conn, ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) -> Admit {
+    // The metrics port reads no store: it never waits.
+    if conn.metrics_only {
+        return Admit::Serve(None);
+    }
+    waits_for_store(ctx, request, whole, now)
+}
+
+/// Whether the request is of a user with writes on the store thread (queued there, or in
+/// the batch it is applying). Until that batch's
 /// completion is handled the loop's reader may already see its commit, and a stream opened
 /// then would get its notification twice (in its snapshot, then from the fan-out); a read
 /// would see a write not yet answered. So such a request waits; everyone else's go on. The
@@ -375,44 +408,47 @@ fn serve_buffered(
 /// user; a presented `?ticket=`, redeemed in the table every node shares (with its user's
 /// reads, in the same job); and for `POST …/ticket` (`whole`: its body has come too, and its
 /// user's reads say it may have one) a ticket minted there.
-fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) -> bool {
+fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) -> Admit {
     let shared = ctx.store.shares_tickets();
     if ctx.busy_users.is_empty() && !shared {
-        return false;
+        return Admit::Serve(None);
     }
     let route = api::Route::of(request.path);
     let after = (route == api::Route::Stream).then(|| api::resume_point(request)).flatten();
-    let claims = if let Some(text) = api::stream_ticket(request) {
-        if shared {
+    // A ticket's claims are the ticket's to give (`api` redeems it); a bearer token's
+    // verified here are handed on.
+    let (claims, verified) = if let Some(text) = api::stream_ticket(request) {
+        let claims = if shared {
             // Not even the shape of a ticket: refused by `api` without asking anyone.
             let Some(key) = crate::tickets::shared_key(&text).map(TicketKey) else {
-                return false;
+                return Admit::Serve(None);
             };
             match ctx.store.redeemed(key) {
                 Some(Ok(Ok(claims))) => claims,
                 // Refused, used, or the store failed: answered at once.
-                Some(_) => return false,
+                Some(_) => return Admit::Serve(None),
                 None => return ask_store(ctx, Wanted::Redeem(key), after),
             }
         } else {
             // SQLite: the ticket is in memory, and is only looked at here (`api` uses it).
             match ctx.tickets.borrow().check(&text, now.epoch_ms) {
                 Ok(claims) => claims,
-                Err(_) => return false,
+                Err(_) => return Admit::Serve(None),
             }
-        }
+        };
+        (claims, None)
     } else {
         // A token that does not verify is refused by `api` without reading anything.
         let Some(claims) = api::bearer_token(request).and_then(|token| {
             crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000)).ok()
         }) else {
-            return false;
+            return Admit::Serve(None);
         };
-        claims
+        (claims, Some(claims))
     };
     let user = claims.user;
-    if ctx.busy_users.contains(&user) || ctx.loading.contains_key(&Wanted::User(user)) {
-        return true;
+    if ctx.busy_users.contains_key(&user) || ctx.loading.contains_key(&Wanted::User(user)) {
+        return Admit::Wait;
     }
     if ctx.store.needs_load(user, after) {
         return ask_store(ctx, Wanted::User(user), after);
@@ -430,20 +466,28 @@ fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) 
             return ask_store(ctx, Wanted::Mint(wanted), None);
         }
     }
-    false
+    Admit::Serve(verified)
 }
 
 /// Asks the store thread (at step 7) for `wanted`, unless it is already on its way; the
 /// request waits either way.
-fn ask_store(ctx: &mut Ctx, wanted: Wanted, after: Option<u64>) -> bool {
+fn ask_store(ctx: &mut Ctx, wanted: Wanted, after: Option<u64>) -> Admit {
     if !ctx.loading.contains_key(&wanted) {
         ctx.loading.insert(wanted, ctx.feed_epoch);
         ctx.loads_wanted.push((wanted, after));
     }
-    true
+    Admit::Wait
 }
 
-fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, now: Now) -> Verdict {
+/// `verified`: the request's bearer claims if `waits_for_store` verified them already.
+fn serve(
+    conn: &mut Conn,
+    key: ConnKey,
+    ctx: &mut Ctx,
+    request: &Request<'_>,
+    verified: Option<Claims>,
+    now: Now,
+) -> Verdict {
     let route = api::Route::of(request.path);
     let allowed_origin = match request.origin {
         Some(origin) if ctx.config.cors.allows(origin) => Some(origin.to_vec()),
@@ -457,7 +501,7 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
             && (request.query.contains("access_token") || request.query.contains("ticket")),
         route: route.label(),
         head_only: request.method == http::Method::Head,
-        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
+        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, verified, now))),
     };
     if conn.metrics_only {
         return respond(conn, key, ctx, &metrics_port_answer(request, ctx), &reply, now);
@@ -483,6 +527,7 @@ fn serve(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, request: &Request<'_>, no
             tickets: &ctx.tickets,
             now_ms: now.epoch_ms,
             render_metrics: &render,
+            verified,
         };
         api::handle(request, &api_ctx)
     };
@@ -524,6 +569,7 @@ fn refuse_from_head(
     key: ConnKey,
     ctx: &mut Ctx,
     request: &Request<'_>,
+    verified: Option<Claims>,
     now: Now,
 ) -> Option<Verdict> {
     let reply = Reply {
@@ -537,7 +583,7 @@ fn refuse_from_head(
             && (request.query.contains("access_token") || request.query.contains("ticket")),
         route: api::Route::of(request.path).label(),
         head_only: request.method == http::Method::Head,
-        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, now))),
+        access: ctx.config.access_log.then(|| Box::new(Access::of(request, ctx, verified, now))),
     };
     let response = if request.host_is_valid() {
         let ctx: &Ctx = ctx;
@@ -550,6 +596,7 @@ fn refuse_from_head(
             tickets: &ctx.tickets,
             now_ms: now.epoch_ms,
             render_metrics: &render,
+            verified,
         };
         api::refuse_from_head(request, &api_ctx)?
     } else {
