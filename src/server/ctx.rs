@@ -77,10 +77,14 @@ pub(super) struct Ctx {
     pub(super) busy_users: std::collections::HashMap<UserId, u32>,
     /// Connections whose next request waits for the store (a batch in flight, a load), and
     /// since when (monotonic ms): past `PARK_DEADLINE_MS` they are answered 503.
-    pub(super) parked: Vec<(ConnKey, u64)>,
+    /// What each waits for: only what came back is served again (a load of one user
+    /// retries its own requests, not every parked connection).
+    pub(super) parked: Vec<(ConnKey, u64, ParkedOn)>,
     /// Set while parked connections are served again: a request that parks once more keeps
     /// its first deadline.
     pub(super) parked_since: Option<u64>,
+    /// What the request being handled waits for, when it is about to park (`Verdict::Wait`).
+    pub(super) parking_on: Option<ParkedOn>,
     /// Cluster mode: what waiting requests asked the store thread for (users' reads, stream
     /// tickets to redeem or mint), with the `feed_epoch` of the asking…
     pub(super) loading: std::collections::HashMap<Wanted, u64>,
@@ -103,6 +107,14 @@ const TRIM_WHEN_QUIET_BYTES: usize = 64 << 10;
 /// inside one would only hand back pages that the next connects fault in again.
 pub(super) const QUIET_MS: u64 = 100;
 
+/// What a parked request waits for (no `Debug`: a `Wanted` may hold a ticket's key).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ParkedOn {
+    /// Its user's writes on the store thread: served when a batch comes back.
+    Batch,
+    /// What it asked the store thread for (or another request asked for before it).
+    Load(Wanted),
+}
 impl Ctx {
     pub(super) fn new(
         config: Config,
@@ -145,6 +157,7 @@ impl Ctx {
             busy_users: Default::default(),
             parked: Vec::new(),
             parked_since: None,
+            parking_on: None,
             loading: Default::default(),
             loads_wanted: Vec::new(),
             feed: None,

@@ -66,7 +66,7 @@ mod store_thread;
 mod streams;
 mod verdict;
 
-use ctx::{Ctx, Now};
+use ctx::{Ctx, Now, ParkedOn};
 use requests::Drain;
 use verdict::Verdict;
 
@@ -654,7 +654,7 @@ impl Server {
                 Some(store_thread::Done::Loaded(user, load)) => {
                     let asked_at = self.ctx.loading.remove(&user);
                     self.ctx.store.fill(user, load);
-                    self.serve_parked(now);
+                    self.serve_parked(now, ParkedOn::Load(user));
                     // Kept only if nothing may have changed it since it was asked for.
                     let fresh = asked_at == Some(self.ctx.feed_epoch) && self.feed_is_up();
                     self.ctx.store.done_with(user, fresh);
@@ -687,7 +687,7 @@ impl Server {
                 self.ctx.loading.remove(&user);
                 let why = "the store thread has stopped".to_string();
                 self.ctx.store.fill(user, Err(crate::store::StoreError::Unavailable(why)));
-                self.serve_parked(now);
+                self.serve_parked(now, ParkedOn::Load(user));
                 self.ctx.store.done_with(user, false);
             }
         }
@@ -762,7 +762,7 @@ impl Server {
             }
         }
         commit::complete(&mut self.conns, &mut self.ctx, done, now);
-        self.serve_parked(now);
+        self.serve_parked(now, ParkedOn::Batch);
     }
 
     /// Whether cached reads can be trusted across requests: always on SQLite (one writer);
@@ -858,11 +858,16 @@ impl Server {
         let _ = (user, rows, now);
     }
 
-    /// Serves again the requests that waited for the store; those that must wait still park
-    /// again, keeping their first deadline.
-    fn serve_parked(&mut self, now: Now) {
-        let parked = std::mem::take(&mut self.ctx.parked);
-        for (key, since) in parked {
+    /// Serves again the requests that waited for what came back (`on`); those that must
+    /// wait still park again, keeping their first deadline. The others stay parked: a
+    /// connect burst in cluster mode parks a request per stream, and retrying every one of
+    /// them on every load that comes back made each parse its request several times.
+    fn serve_parked(&mut self, now: Now, on: ParkedOn) {
+        let (parked, others) =
+            std::mem::take(&mut self.ctx.parked).into_iter().partition(|(_, _, p)| *p == on);
+        self.ctx.parked = others;
+        let parked: Vec<(ConnKey, u64, ParkedOn)> = parked;
+        for (key, since, _) in parked {
             self.ctx.parked_since = Some(since);
             self.on_conn(key, now, |conn, key, ctx, now| {
                 output::on_writable(conn, ctx)

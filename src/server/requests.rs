@@ -6,7 +6,7 @@
 //! serves and returns a `Verdict`; a write leaves as `Verdict::Commit` and is answered by the
 //! group commit (`commit.rs`), after which the loop reads this connection again.
 
-use super::ctx::{Ctx, Now};
+use super::ctx::{Ctx, Now, ParkedOn};
 use super::head::{self, Framing};
 use super::output;
 use super::streams;
@@ -447,7 +447,12 @@ fn waits_for_store(ctx: &mut Ctx, request: &Request<'_>, whole: bool, now: Now) 
         (claims, Some(claims))
     };
     let user = claims.user;
-    if ctx.busy_users.contains_key(&user) || ctx.loading.contains_key(&Wanted::User(user)) {
+    if ctx.busy_users.contains_key(&user) {
+        ctx.parking_on = Some(ParkedOn::Batch);
+        return Admit::Wait;
+    }
+    if ctx.loading.contains_key(&Wanted::User(user)) {
+        ctx.parking_on = Some(ParkedOn::Load(Wanted::User(user)));
         return Admit::Wait;
     }
     if ctx.store.needs_load(user, after) {
@@ -476,6 +481,7 @@ fn ask_store(ctx: &mut Ctx, wanted: Wanted, after: Option<u64>) -> Admit {
         ctx.loading.insert(wanted, ctx.feed_epoch);
         ctx.loads_wanted.push((wanted, after));
     }
+    ctx.parking_on = Some(ParkedOn::Load(wanted));
     Admit::Wait
 }
 
@@ -720,7 +726,7 @@ fn after_answer(
 /// A request-phase connection's deadline passed: a started request gets 408, an idle
 /// connection is closed without a word.
 pub(super) fn on_request_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -> Verdict {
-    if let Some(at) = ctx.parked.iter().position(|(k, _)| *k == key) {
+    if let Some(at) = ctx.parked.iter().position(|(k, _, _)| *k == key) {
         // The store did not answer in time (SPEC §7: 503 within 2 s, never a hang).
         ctx.parked.swap_remove(at);
         conn.inbuf = None;

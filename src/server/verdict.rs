@@ -56,7 +56,10 @@ pub(super) fn carry_out(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, verdict: V
         Verdict::Again => ctx.again.push(key),
         Verdict::Wait => {
             let since = ctx.parked_since.unwrap_or(now.mono_ms);
-            ctx.parked.push((key, since));
+            // Every `Wait` names what it waits for; a batch is the safe guess otherwise
+            // (served whenever one comes back, and 503 at the deadline at worst).
+            let on = ctx.parking_on.take().unwrap_or(super::ctx::ParkedOn::Batch);
+            ctx.parked.push((key, since, on));
             ctx.wheel.schedule(key, since + super::PARK_DEADLINE_MS);
         }
         Verdict::Commit(op, reply) => {
