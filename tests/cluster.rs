@@ -153,20 +153,7 @@ fn concurrent_writers_on_three_nodes_get_contiguous_ids_and_exact_totals() {
     let total = 3 * (1..=PER_NODE).sum::<i64>();
     let seen: Vec<Vec<(u64, String)>> =
         streams.iter_mut().map(|s| notes(s, 3 * PER_NODE as usize)).collect();
-    let ids: Vec<u64> = seen[0].iter().map(|n| n.0).collect();
-    assert_eq!(ids, (2..=1 + 3 * PER_NODE as u64).collect::<Vec<_>>(), "ids contiguous");
-    assert!(seen.iter().all(|s| *s == seen[0]), "every node pushed the same notifications");
-    // In id order, the spending never goes back, and ends at the exact total.
-    let spending: Vec<i64> = seen[0]
-        .iter()
-        .map(|(_, data)| {
-            serde_json::from_str::<Value>(data).expect("json")["currentSpending"]
-                .as_i64()
-                .expect("spending")
-        })
-        .collect();
-    assert!(spending.windows(2).all(|w| w[0] < w[1]), "{spending:?}");
-    assert_eq!(spending.last().copied(), Some(total));
+    assert_every_node_pushed_contiguous_rising(&seen, 3 * PER_NODE as usize, total, "user");
     for n in &nodes {
         assert_eq!(status_of(n, &token)["currentSpending"], json!(total));
     }
@@ -213,19 +200,8 @@ fn many_writers_of_several_users_on_two_nodes_keep_ids_contiguous_and_totals_exa
     for (i, token) in tokens.iter().enumerate() {
         let seen: Vec<Vec<(u64, String)>> =
             streams.iter_mut().map(|on_node| notes(&mut on_node[i], count)).collect();
-        let ids: Vec<u64> = seen[0].iter().map(|n| n.0).collect();
-        assert_eq!(ids, (2..=1 + count as u64).collect::<Vec<_>>(), "user {}", users[i]);
-        assert!(seen.iter().all(|s| *s == seen[0]), "every node pushed the same notifications");
-        let spending: Vec<i64> = seen[0]
-            .iter()
-            .map(|(_, data)| {
-                serde_json::from_str::<Value>(data).expect("json")["currentSpending"]
-                    .as_i64()
-                    .expect("spending")
-            })
-            .collect();
-        assert!(spending.windows(2).all(|w| w[0] < w[1]), "{spending:?}");
-        assert_eq!(spending.last().copied(), Some(total));
+        let user = format!("user {}", users[i]);
+        assert_every_node_pushed_contiguous_rising(&seen, count, total, &user);
         for n in &nodes {
             assert_eq!(status_of(n, token)["currentSpending"], json!(total));
         }
@@ -247,4 +223,29 @@ fn three_nodes_starting_at_once_on_an_empty_database_all_come_up() {
     for n in &nodes {
         assert_eq!(n.health(&token)["status"], json!("healthy"));
     }
+}
+
+/// What every node's stream of one user saw (`seen`, one list per node, after the opening
+/// id 1): the same `count` notifications, ids 2, 3, … without a gap, the spending rising in
+/// id order to exactly `total`.
+#[cfg(feature = "postgres")]
+fn assert_every_node_pushed_contiguous_rising(
+    seen: &[Vec<(u64, String)>],
+    count: usize,
+    total: i64,
+    what: &str,
+) {
+    let ids: Vec<u64> = seen[0].iter().map(|n| n.0).collect();
+    assert_eq!(ids, (2..=1 + count as u64).collect::<Vec<_>>(), "{what}: ids contiguous");
+    assert!(seen.iter().all(|s| *s == seen[0]), "{what}: every node pushed the same notifications");
+    let spending: Vec<i64> = seen[0]
+        .iter()
+        .map(|(_, data)| {
+            serde_json::from_str::<Value>(data).expect("json")["currentSpending"]
+                .as_i64()
+                .expect("spending")
+        })
+        .collect();
+    assert!(spending.windows(2).all(|w| w[0] < w[1]), "{what}: {spending:?}");
+    assert_eq!(spending.last().copied(), Some(total), "{what}");
 }
