@@ -12,8 +12,6 @@
 mod common;
 use common::*;
 
-const TICKET: &str = "/api/periode-limit/notifications/ticket";
-
 static NEXT_DB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A fresh database on the binary's cluster, as a `--db` URI.
@@ -28,29 +26,6 @@ fn node(uri: &str) -> Server {
         args: &["--db", uri, "--access-log", "--log-level", "trace"],
         ..Options::default()
     })
-}
-
-/// `POST …/ticket` with the token in the header and no body.
-fn post_ticket(server: &Server, token: &str) -> Response {
-    request(
-        server.addr,
-        &format!(
-            "POST {TICKET} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-    )
-}
-
-/// A fresh ticket from `server`, checked to be the SPEC's answer.
-fn mint(server: &Server, token: &str) -> String {
-    let r = post_ticket(server, token);
-    assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.header("Cache-Control").as_deref(), Some("no-store"));
-    let body = r.json();
-    let ticket = body["ticket"].as_str().expect("a ticket string").to_string();
-    assert_eq!(ticket.len(), 22, "{ticket}");
-    assert_eq!(body, json!({"ticket": ticket, "expiresIn": 30}));
-    ticket
 }
 
 fn open_ticket(server: &Server, target_query: &str) -> Stream {

@@ -7,29 +7,6 @@
 mod common;
 use common::*;
 
-const TICKET: &str = "/api/periode-limit/notifications/ticket";
-
-/// `POST …/ticket` with the token in the header and no body.
-fn post_ticket(server: &Server, token: &str) -> Response {
-    request(
-        server.addr,
-        &format!(
-            "POST {TICKET} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-    )
-}
-
-/// A fresh ticket for `token`, checked to be the SPEC's answer.
-fn mint(server: &Server, token: &str) -> String {
-    let r = post_ticket(server, token);
-    assert_eq!(r.status, 201, "{}", r.body);
-    let body = r.json();
-    let ticket = body["ticket"].as_str().expect("a ticket string").to_string();
-    assert_eq!(body, json!({"ticket": ticket, "expiresIn": 30}));
-    ticket
-}
-
 /// A stream request carrying only the ticket (no Authorization header).
 fn open_ticket(server: &Server, ticket: &str) -> Stream {
     Stream::open(server.addr, "", &format!("{STREAM}?ticket={ticket}"))

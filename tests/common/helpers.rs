@@ -758,3 +758,29 @@ pub fn assert_invalid_ticket(r: &Response, context: &str) {
     );
     assert_eq!(r.header("Cache-Control").as_deref(), Some("no-store"), "{context}");
 }
+
+pub const TICKET: &str = "/api/periode-limit/notifications/ticket";
+
+/// `POST …/ticket` with the token in the header and no body.
+pub fn post_ticket(server: &Server, token: &str) -> Response {
+    request(
+        server.addr,
+        &format!(
+            "POST {TICKET} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// A fresh ticket from `server`, checked to be the SPEC's answer (§8): 201, never cached,
+/// 22 characters (128 bits), valid 30 s.
+pub fn mint(server: &Server, token: &str) -> String {
+    let r = post_ticket(server, token);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("Cache-Control").as_deref(), Some("no-store"));
+    let body = r.json();
+    let ticket = body["ticket"].as_str().expect("a ticket string").to_string();
+    assert_eq!(ticket.len(), 22, "{ticket}");
+    assert_eq!(body, json!({"ticket": ticket, "expiresIn": 30}));
+    ticket
+}
