@@ -444,9 +444,22 @@ fn require_admin(claims: jwt::Claims) -> Result<(), Response> {
 }
 
 pub fn storage_error(e: crate::store::StoreError) -> Response {
-    log::error!("{e}");
+    log_storage_error(&e);
     let (status, code) = storage_status(&e);
     Response::error(status, code, "the database could not be read or written; see the server log")
+}
+
+/// One line a second at most: during an outage every request fails alike, and the first line
+/// of each second (with the count of the others) says all the rest would.
+fn log_storage_error(e: &crate::store::StoreError) {
+    static THROTTLE: crate::throttle::Throttle = crate::throttle::Throttle::new(1000);
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now_ms = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
+    match THROTTLE.admit(now_ms) {
+        Some(0) => log::error!("{e}"),
+        Some(held) => log::error!("{e} ({held} more storage errors since the last line like this)"),
+        None => {}
+    }
 }
 
 /// SPEC §5: a database that is unreachable, read-only or gone answers `503

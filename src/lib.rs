@@ -28,6 +28,7 @@ pub mod server;
 pub mod spending;
 pub mod sse;
 pub mod store;
+pub mod throttle;
 pub mod tickets;
 pub mod time;
 pub mod timer;
