@@ -19,7 +19,9 @@
 # Env: ROUNDS (default 300), STREAMS (1000), MEM_STREAMS (10000), WRITERS (32), WRITERS_SECS
 # (5), OUT (folder for the JSON reports and the logs; default a temp folder, kept; the
 # PostgreSQL data directory is always deleted), PG_BIN (default the newest
-# /usr/lib/postgresql/N/bin).
+# /usr/lib/postgresql/N/bin), BIN and TOOL (a periode-sse built with `--features postgres`
+# and its periode-density, instead of building this tree: to run another build in
+# alternating rounds), RUNS (the runs to do, of the names above; default all of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,9 +33,14 @@ writers_secs=${WRITERS_SECS:-5}
 pg_bin=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 [ -x "$pg_bin/postgres" ] || { echo "no PostgreSQL binaries (PG_BIN=$pg_bin)" >&2; exit 1; }
 
-cargo build --release --quiet --features postgres --bin periode-sse --bin periode-density
-tool=$PWD/target/release/periode-density
-bin=$PWD/target/release/periode-sse
+runs=" ${RUNS:-sqlite-1 pg-1 pg-cross pg-2 mem-sqlite mem-pg} "
+wanted() { [[ $runs == *" $1 "* ]]; }
+if [ -z "${BIN:-}" ] || [ -z "${TOOL:-}" ]; then
+  cargo build --release --quiet --features postgres --bin periode-sse --bin periode-density
+fi
+tool=${TOOL:-$PWD/target/release/periode-density}
+bin=${BIN:-$PWD/target/release/periode-sse}
+[ -x "$bin" ] && [ -x "$tool" ] || { echo "no server at $bin or no tool at $tool" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/periode-cluster-pg.XXXXXX)
 out=${OUT:-$(mktemp -d /tmp/periode-cluster-bench.XXXXXX)}
@@ -131,34 +138,47 @@ run() { # label, then the tool's arguments
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)" >&2
 echo "reports: $reports" >&2
 
-run sqlite-1 --server "$bin" "${fanout_args[@]}"
-uri=$(new_db pg1) # not inside run's arguments, where a failure would not stop the script
-run pg-1 --server "$bin" --db "$uri" "${fanout_args[@]}"
+echo "server: $bin" >&2
+if wanted sqlite-1; then
+  run sqlite-1 --server "$bin" "${fanout_args[@]}"
+fi
+if wanted pg-1; then
+  uri=$(new_db pg1) # not inside run's arguments, where a failure would not stop the script
+  run pg-1 --server "$bin" --db "$uri" "${fanout_args[@]}"
+fi
 
-uri=$(new_db xnode)
-start_node cross-a "$uri" 1
-a_port=$node_port
-start_node cross-b "$uri" 1
-b_port=$node_port b_pid=$node_pid
-run pg-cross --addr "127.0.0.1:$b_port" --write-addr "127.0.0.1:$a_port" --pid "$b_pid" \
-  --secret "$secret" "${fanout_args[@]}"
-for p in "${node_pids[@]}"; do stop_pid "$p" TERM 5; done
-node_pids=()
+if wanted pg-cross; then
+  uri=$(new_db xnode)
+  start_node cross-a "$uri" 1
+  a_port=$node_port
+  start_node cross-b "$uri" 1
+  b_port=$node_port b_pid=$node_pid
+  run pg-cross --addr "127.0.0.1:$b_port" --write-addr "127.0.0.1:$a_port" --pid "$b_pid" \
+    --secret "$secret" "${fanout_args[@]}"
+  for p in "${node_pids[@]}"; do stop_pid "$p" TERM 5; done
+  node_pids=()
+fi
 
-uri=$(new_db two)
-start_node two-c "$uri" 1
-c_port=$node_port c_pid=$node_pid
-start_node two-d "$uri" 1
-d_port=$node_port
-run pg-2 --addr "127.0.0.1:$c_port" --node "127.0.0.1:$d_port" --pid "$c_pid" \
-  --secret "$secret" "${fanout_args[@]}"
-for p in "${node_pids[@]}"; do stop_pid "$p" TERM 5; done
-node_pids=()
+if wanted pg-2; then
+  uri=$(new_db two)
+  start_node two-c "$uri" 1
+  c_port=$node_port c_pid=$node_pid
+  start_node two-d "$uri" 1
+  d_port=$node_port
+  run pg-2 --addr "127.0.0.1:$c_port" --node "127.0.0.1:$d_port" --pid "$c_pid" \
+    --secret "$secret" "${fanout_args[@]}"
+  for p in "${node_pids[@]}"; do stop_pid "$p" TERM 5; done
+  node_pids=()
+fi
 
 mem_args=(--streams "$mem_streams" --fanout-posts 0 --quiet)
-run mem-sqlite --server "$bin" "${mem_args[@]}"
-uri=$(new_db mem)
-run mem-pg --server "$bin" --db "$uri" "${mem_args[@]}"
+if wanted mem-sqlite; then
+  run mem-sqlite --server "$bin" "${mem_args[@]}"
+fi
+if wanted mem-pg; then
+  uri=$(new_db mem)
+  run mem-pg --server "$bin" --db "$uri" "${mem_args[@]}"
+fi
 
 # --- the tables ----------------------------------------------------------------------------
 jq -rs '

@@ -17,10 +17,9 @@
 //! order (ascending user id) on every node, or two nodes' batches can deadlock; the server
 //! aborts one of them after `deadlock_timeout` and that batch fails.
 //!
-//! A per-user view cache serves the connect path without a query, as in SQLite; unlike
-//! SQLite it is not trusted by assumption: every event of the change feed (`observe`)
-//! forgets the user's view, and while the feed is down (`set_feed_up(false)`) nothing is
-//! cached at all. Reads inside a batch never use it.
+//! It keeps no cache of users' views: every read queries. The server's loop keeps that
+//! cache (`backend::Reader`), filled by this store's batches and loads and kept true by the
+//! change feed; a second one here would only have to be kept true the same way.
 //!
 //! A lost connection is made again by the next call, no sooner than a backoff (50 ms
 //! doubling to 1 s) after the last failed attempt; meanwhile calls fail at once with
@@ -50,8 +49,6 @@ use tokio_postgres::{Client, Row, Statement};
 pub const CALL_DEADLINE: Duration = Duration::from_millis(1000);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Past this many cached users the cache starts over (a bound, not an eviction policy).
-const MAX_CACHED_USERS: usize = 200_000;
 /// How often the expired stream tickets are swept: they are refused by their expiry anyway,
 /// so this only bounds the table's size.
 const TICKET_SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -89,8 +86,6 @@ pub(super) use saturated;
 
 #[derive(Debug, Default)]
 struct Batch {
-    /// Users written in this batch: their cached views are forgotten at commit and rollback.
-    touched: BTreeSet<UserId>,
     /// Users whose spending changed with no notification (yet): they get a `v` event.
     spending_changed: BTreeSet<UserId>,
     /// The connection was lost inside the batch: everything fails until `rollback`.
@@ -107,8 +102,6 @@ pub struct PgStore {
     retry: Cell<Option<Instant>>,
     backoff: Cell<Duration>,
     last_failure: RefCell<Option<PgError>>,
-    cache: RefCell<HashMap<UserId, Option<UserView>>>,
-    feed_up: Cell<bool>,
     in_batch: Cell<bool>,
     batch: RefCell<Batch>,
     /// When expired stream tickets were last swept (`None`: not yet).
@@ -134,8 +127,6 @@ impl PgStore {
             retry: Cell::new(None),
             backoff: Cell::new(FIRST_BACKOFF),
             last_failure: RefCell::new(None),
-            cache: RefCell::new(HashMap::new()),
-            feed_up: Cell::new(false),
             in_batch: Cell::new(false),
             batch: RefCell::new(Batch::default()),
             swept_at: Cell::new(None),
@@ -221,8 +212,6 @@ impl PgStore {
                 self.learn_pid(&client);
                 *self.client.borrow_mut() = Some(Arc::new(client));
                 self.statements.borrow_mut().clear();
-                // Whatever the feed said while this store was cut off is unknown.
-                self.cache.borrow_mut().clear();
                 self.retry.set(None);
                 self.backoff.set(FIRST_BACKOFF);
                 *self.last_failure.borrow_mut() = None;
@@ -335,37 +324,11 @@ impl PgStore {
         }
     }
 
-    /// The change feed heard `event`: the user's cached view may be stale.
-    pub fn observe(&self, event: &Event) {
-        self.cache.borrow_mut().remove(&event.user());
-    }
-
-    /// The change feed is (up) or is not (down) delivering. Either way the cache starts
-    /// empty: events may have been lost.
-    pub fn set_feed_up(&self, up: bool) {
-        self.feed_up.set(up);
-        self.cache.borrow_mut().clear();
-    }
-
     fn view(&self, user: UserId) -> Result<Option<UserView>> {
-        let cacheable = self.feed_up.get() && !self.in_batch.get();
-        if cacheable {
-            if let Some(view) = self.cache.borrow().get(&user) {
-                return Ok(*view);
-            }
-        }
-        let view = self.load_view(user)?;
-        if cacheable {
-            let mut cache = self.cache.borrow_mut();
-            if cache.len() >= MAX_CACHED_USERS {
-                cache.clear();
-            }
-            cache.insert(user, view);
-        }
-        Ok(view)
+        self.load_view(user)
     }
 
-    /// The user's view in one query, never from the cache; `None` when there is no such user.
+    /// The user's view in one query; `None` when there is no such user.
     pub fn load_view_now(&self, user: UserId) -> Result<Option<UserView>> {
         self.load_view(user)
     }
@@ -514,15 +477,7 @@ impl PgStore {
 
     fn end_batch(&self) {
         self.in_batch.set(false);
-        let batch = std::mem::take(&mut *self.batch.borrow_mut());
-        let mut cache = self.cache.borrow_mut();
-        for user in &batch.touched {
-            cache.remove(user);
-        }
-    }
-
-    fn touch(&self, user: UserId) {
-        self.batch.borrow_mut().touched.insert(user);
+        *self.batch.borrow_mut() = Batch::default();
     }
 
     /// Creates the user or sets their `active` flag, and tells every node.
@@ -531,7 +486,6 @@ impl PgStore {
                    ON CONFLICT (id) DO UPDATE SET active = $2) SELECT pg_notify($3, $4)";
         let payload = Event::ActiveChanged { user, active }.encode();
         self.rows(sql, &[&user.0, &active, &CHANNEL, &payload])?;
-        self.touch(user);
         Ok(())
     }
 
@@ -564,7 +518,6 @@ impl PgStore {
             .row(sql, params)?
             .ok_or_else(|| PgError::Sql("INSERT … RETURNING returned no row".into()))?;
         let id: i64 = self.get(&row, 0)?;
-        self.touch(user);
         self.batch.borrow_mut().spending_changed.insert(user);
         Ok(Ok(Transaction {
             id,
@@ -611,7 +564,6 @@ impl PgStore {
             &payload,
         ];
         self.rows(sql, params)?;
-        self.touch(user);
         Ok(Ok(()))
     }
 
@@ -633,7 +585,6 @@ impl PgStore {
                    old AS (DELETE FROM notifications WHERE user_id = $1 AND id < $4) \
                    SELECT pg_notify($5, $6)";
         self.rows(sql, &[&user.0, &id, &data, &oldest_kept, &CHANNEL, &payload])?;
-        self.touch(user);
         // This notification tells the other nodes that the view changed.
         self.batch.borrow_mut().spending_changed.remove(&user);
         Ok(id_kept)

@@ -17,7 +17,10 @@
 //! would form a second cohort alternating with the first, each half as large (twice the
 //! `fdatasync`s and WAL pages per write). It never waits for writes that are not there.
 //! PostgreSQL batches are applied in ascending user id (two nodes must lock rows in one
-//! order), so they take only what was queued when they began.
+//! order), so they take only what was queued when they began; the same cohorts formed there
+//! (docs/cluster.md, "Session 5"): so a PostgreSQL batch that follows another at once first
+//! waits, for at most `GATHER_FOR`, until the writers the last batch answered are back in the
+//! queue. A write that finds the thread idle leaves at once, as before.
 //!
 //! A thread owns its store and nothing else: it never touches a socket. A panic in
 //! a commit (a bug) is caught here, the transaction rolled back and the batch answered as not
@@ -37,6 +40,10 @@ use std::time::{Duration, Instant};
 /// what that adds to the first writes' wait (about one commit's `fdatasync` here), and on
 /// the transaction's size under a flood.
 const ABSORB_FOR: Duration = Duration::from_millis(1);
+/// PostgreSQL: how long a batch that follows another at once waits for the last batch's
+/// writers to come back (its answers cross the loop and the client first). The same bound
+/// as `ABSORB_FOR`, for the same reason; only ever spent while writes keep the thread busy.
+const GATHER_FOR: Duration = Duration::from_millis(1);
 
 enum Job {
     Load { wanted: Wanted, after: Option<u64> },
@@ -70,6 +77,9 @@ struct State {
     jobs: VecDeque<Job>,
     /// The thread is waiting for work: only then does queueing cost a wake-up.
     idle: bool,
+    /// The thread is gathering a batch (`GATHER_FOR`): queueing wakes it once this many
+    /// writes are queued.
+    gathering: Option<usize>,
     /// The loop has stopped: the thread finishes what is queued and ends.
     stopping: bool,
     /// The thread has ended (it cannot, short of a bug): nothing queued would be taken.
@@ -89,9 +99,32 @@ impl Shared {
     }
 
     /// What the thread does next, waiting until there is something; `None` once stopped and
-    /// nothing is left.
-    fn next(&self) -> Option<Work> {
+    /// nothing is left. `gather`: the size of the batch just answered, if the thread comes
+    /// straight from one on PostgreSQL (see `GATHER_FOR`).
+    fn next(&self, gather: Option<usize>) -> Option<Work> {
         let mut state = self.lock();
+        if let Some(answered) = gather.filter(|n| *n > 0) {
+            // The writes queued now formed while the last batch was out; those it answered
+            // come back in a moment: wait for them (bounded), so one batch takes both.
+            let queued = state.writes.len();
+            if queued > 0 {
+                let want = queued.saturating_add(answered);
+                let until = Instant::now() + GATHER_FOR;
+                // Bounded by time: each turn either has the writes, a job, or waits less.
+                while state.writes.len() < want && state.jobs.is_empty() && !state.stopping {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    state.gathering = Some(want);
+                    state = match self.work.wait_timeout(state, left) {
+                        Ok((state, _)) => state,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    };
+                    state.gathering = None;
+                }
+            }
+        }
         loop {
             if let Some(job) = state.jobs.pop_front() {
                 return Some(Work::Job(job));
@@ -149,11 +182,18 @@ impl StoreThread {
             std::thread::Builder::new().name("periode-sse-store".to_string()).spawn(move || {
                 let guard = EndGuard(theirs);
                 let shared = &guard.0;
+                // The size of the batch just answered (PostgreSQL), for `next` to gather.
+                let mut answered: Option<usize> = None;
                 // Ends when the loop stops and everything queued is done (shutdown).
-                while let Some(work) = shared.next() {
+                while let Some(work) = shared.next(answered.take()) {
                     let done = match work {
                         Work::Job(job) => run_job(&store, job),
-                        Work::Writes(first) => commit_batch(&store, shared, first, absorb),
+                        Work::Writes(first) => {
+                            if !absorb {
+                                answered = Some(first.len());
+                            }
+                            commit_batch(&store, shared, first, absorb)
+                        }
                     };
                     if done_tx.send(done).is_err() {
                         return;
@@ -186,7 +226,8 @@ impl StoreThread {
             return Err(writes);
         }
         state.writes.extend(writes.into_iter().map(|write| Queued { write, now_ms }));
-        if state.idle {
+        let gathered = state.gathering.is_some_and(|want| state.writes.len() >= want);
+        if state.idle || gathered {
             self.shared.work.notify_one();
         }
         Ok(())
@@ -198,7 +239,8 @@ impl StoreThread {
             return false;
         }
         state.jobs.push_back(job);
-        if state.idle {
+        // A read never waits for a batch to gather.
+        if state.idle || state.gathering.is_some() {
             self.shared.work.notify_one();
         }
         true
