@@ -908,7 +908,7 @@ impl Server {
                     self.untrack_if_last(user, open);
                     log::info!("SSE client removed for user {user} ({open} open)");
                 }
-                Phase::Closing { user: Some(user), .. } => {
+                Phase::Closing { user, was_stream: true, .. } => {
                     log::info!("SSE connection closed for user {user}")
                 }
                 _ => {}
