@@ -10,38 +10,41 @@
 //! Deadlines further away than one turn of the wheel sit in their slot and are skipped until
 //! the turn in which they fall due.
 //!
-//! Keys are any `SlabKey`: the server's `ConnKey` carries a generation, which the wheel keeps
-//! beside the entry and hands back with it, so a fired key says which connection it was for.
+//! 8 bytes a key: a deadline is kept as its low 32 bits (every one is within `MAX_AHEAD_MS`
+//! of the wheel's clock, so the rest is the clock's), and the slot is those bits' own (ticks
+//! and slots are powers of two). No generation is kept: the wheel hands back indices, and
+//! the server, which cancels an index's deadline whenever it frees that index (its one
+//! `Slab::remove` is followed by `cancel`), names the connection holding it now.
 
 use crate::key::SlabKey;
 use std::marker::PhantomData;
 
-const TICK_MS: u64 = 10;
-const SLOTS: usize = 4096; // one turn: 40.96 s, longer than the default 30 s heartbeat
+/// A power of two, so that a deadline's low 32 bits say its slot (2^32 is a multiple of one
+/// turn, `TICK_MS * SLOTS` = 2^15 ms).
+const TICK_MS: u64 = 8;
+const TICK_SHIFT: u32 = 3;
+const SLOTS: usize = 4096; // one turn: 32.768 s, longer than the default 30 s heartbeat
 const WORDS: usize = SLOTS / 64;
 const UNSCHEDULED: u32 = u32::MAX;
-/// Bits of `Entry::at` that hold the slot (SLOTS is 2^12).
-const SLOT_BITS: u32 = 12;
-/// Deadlines are capped here (about 142 000 years of uptime) so the slot fits beside them.
-const MAX_DEADLINE_MS: u64 = (1 << (64 - SLOT_BITS)) - 1;
+/// The furthest a deadline may be from the wheel's clock (about 12.4 days); further ones are
+/// brought in to this (they fire early, and the caller decides again). The server's are at
+/// most a heartbeat period, 86 400 s at most, away. Kept under 2^31 so that a wrapped
+/// deadline is read back unambiguously.
+const MAX_AHEAD_MS: u64 = 1 << 30;
 
-/// 16 bytes, as before keys had generations: the slot shares a word with the deadline.
+/// 8 bytes: the deadline's low 32 bits and the key's position in its slot's vector.
 #[derive(Clone, Copy)]
 struct Entry {
-    /// The deadline (high bits) and the slot it was filed in (low `SLOT_BITS`), which is not
-    /// always its deadline's (see `schedule`).
-    at: u64,
+    /// The deadline (ms, low 32 bits). A deadline already passed when it was filed is kept as
+    /// the start of the tick it was filed in, which fires it exactly when it would have
+    /// fired (that slot is the first to be visited), and keeps the slot derivable from it.
+    at: u32,
     pos: u32,
-    generation: u32,
 }
 
 impl Entry {
-    fn deadline_ms(self) -> u64 {
-        self.at >> SLOT_BITS
-    }
-
     fn slot(self) -> usize {
-        (self.at & ((1 << SLOT_BITS) - 1)) as usize
+        (self.at >> TICK_SHIFT) as usize % SLOTS
     }
 }
 
@@ -77,30 +80,43 @@ impl<K: SlabKey> TimerWheel<K> {
         self.len == 0
     }
 
+    /// The start of the first tick not yet expired: every scheduled deadline is after the
+    /// previous tick's start and at most `MAX_AHEAD_MS` plus a tick beyond this.
+    fn base_ms(&self) -> u64 {
+        self.done_tick * TICK_MS
+    }
+
+    /// An entry's whole deadline, from its low 32 bits: it lies in (base, base + 2^30 + a
+    /// tick], as every entry's does (`schedule` files nothing earlier than the next tick or
+    /// further than `MAX_AHEAD_MS`, and `expire_due` removes every one at or before now,
+    /// after which base is at most now), so its distance above base fits in 32 bits. Exact
+    /// at any uptime, across any number of wraps of the low bits.
+    fn deadline_of(&self, entry: Entry) -> u64 {
+        let base = self.base_ms();
+        base + u64::from(entry.at.wrapping_sub(base as u32))
+    }
+
     /// Sets `key`'s one deadline, replacing any earlier one. A deadline in the past fires at
     /// the next `expire_due`.
     pub fn schedule(&mut self, key: K, deadline_ms: u64) {
         self.cancel(key);
-        let (index, generation) = (key.index(), key.generation());
+        let index = key.index();
         if self.entries.len() <= index {
-            self.entries.resize(index + 1, Entry { at: 0, pos: UNSCHEDULED, generation: 0 });
+            self.entries.resize(index + 1, Entry { at: 0, pos: UNSCHEDULED });
         }
-        let deadline_ms = deadline_ms.min(MAX_DEADLINE_MS);
         // Never file into a slot that has already been passed in this turn.
-        let tick = (deadline_ms / TICK_MS).max(self.done_tick + 1);
-        let slot = tick as usize % SLOTS;
-        self.entries[index] = Entry {
-            at: (deadline_ms << SLOT_BITS) | slot as u64,
-            pos: self.slots[slot].len() as u32,
-            generation,
-        };
+        let first_ms = (self.done_tick + 1) * TICK_MS;
+        let deadline_ms = deadline_ms.clamp(first_ms, first_ms + MAX_AHEAD_MS);
+        let entry = Entry { at: deadline_ms as u32, pos: 0 };
+        let slot = entry.slot();
+        self.entries[index] = Entry { pos: self.slots[slot].len() as u32, ..entry };
         self.slots[slot].push(index as u32);
         self.occupied[slot / 64] |= 1 << (slot % 64);
         self.len += 1;
     }
 
-    /// Forgets `key`'s deadline. The generation is not compared: the index has one entry,
-    /// and whoever holds the index now may clear it.
+    /// Forgets `key`'s deadline. The index has one entry, and whoever holds the index now
+    /// may clear it.
     pub fn cancel(&mut self, key: K) {
         self.cancel_index(key.index());
     }
@@ -126,15 +142,15 @@ impl<K: SlabKey> TimerWheel<K> {
         self.len -= 1;
     }
 
+    /// The deadline of whatever holds `key`'s index (a deadline already passed when filed
+    /// reads as the tick it was filed in).
     pub fn deadline(&self, key: K) -> Option<u64> {
-        self.entries
-            .get(key.index())
-            .filter(|e| e.pos != UNSCHEDULED && e.generation == key.generation())
-            .map(|e| e.deadline_ms())
+        self.entries.get(key.index()).filter(|e| e.pos != UNSCHEDULED).map(|&e| self.deadline_of(e))
     }
 
-    /// Moves every key whose deadline is at or before `now_ms` into `due` (unscheduling it).
-    pub fn expire_due(&mut self, now_ms: u64, due: &mut Vec<K>) {
+    /// Moves the index of every key whose deadline is at or before `now_ms` into `due`
+    /// (unscheduling it). Which connection holds the index now is the caller's to say.
+    pub fn expire_due(&mut self, now_ms: u64, due: &mut Vec<usize>) {
         let now_tick = now_ms / TICK_MS;
         // After a long stall every slot is visited once, which is the whole wheel.
         let first = (self.done_tick + 1).max(now_tick.saturating_sub(SLOTS as u64 - 1));
@@ -146,10 +162,10 @@ impl<K: SlabKey> TimerWheel<K> {
             let mut i = 0;
             while i < self.slots[slot].len() {
                 let key = self.slots[slot][i] as usize;
-                let entry = self.entries[key];
-                if entry.deadline_ms() <= now_ms {
+                // Read against the base before this call moves it: see `deadline_of`.
+                if self.deadline_of(self.entries[key]) <= now_ms {
                     self.cancel_index(key); // swap-removes: index i now holds another key
-                    due.push(K::from_parts(key, entry.generation));
+                    due.push(key);
                 } else {
                     i += 1;
                 }
@@ -184,7 +200,7 @@ impl<K: SlabKey> TimerWheel<K> {
             }
             let slot_min = self.slots[slot]
                 .iter()
-                .map(|&k| self.entries[k as usize].deadline_ms())
+                .map(|&k| self.deadline_of(self.entries[k as usize]))
                 .min()
                 .unwrap_or(u64::MAX);
             let at = slot_min.max(tick * TICK_MS);
@@ -298,32 +314,93 @@ mod tests {
         assert_eq!(w.next_wait_ms(0), Some(30_000));
         // A far deadline filed in an early slot must not hide a nearer one in a later slot.
         let mut w = TimerWheel::new(0);
-        w.schedule(1, 40_960 + 100); // slot 10, next turn
+        w.schedule(1, 32_768 + 100); // slot 12, next turn
         w.schedule(2, 2_000); // slot 200, this turn
         assert_eq!(w.next_wait_ms(0), Some(2_000));
         w.cancel(2);
-        assert_eq!(w.next_wait_ms(0), Some(41_060));
+        assert_eq!(w.next_wait_ms(0), Some(32_868));
     }
 
     #[test]
-    fn a_fired_key_carries_its_generation() {
+    fn an_entry_is_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 8);
+    }
+
+    #[test]
+    fn a_fired_key_is_its_index_whatever_its_generation() {
         use crate::key::ConnKey;
         let mut w = TimerWheel::<ConnKey>::new(0);
         let (old, new) = (ConnKey::new(4, 1), ConnKey::new(4, 2));
         w.schedule(old, 100);
         assert_eq!(w.deadline(old), Some(100));
-        assert_eq!(w.deadline(new), None, "another generation has no deadline here");
         w.schedule(new, 200); // the index's one entry now belongs to the new connection
+        assert_eq!(w.deadline(old), Some(200), "one entry per index");
         let mut due = Vec::new();
         w.expire_due(300, &mut due);
-        assert_eq!(due, vec![new]);
+        assert_eq!(due, vec![4]);
     }
 
     #[test]
-    fn absurd_deadlines_are_capped_not_wrapped() {
+    fn absurd_deadlines_are_brought_in_not_wrapped() {
         let mut w = TimerWheel::new(0);
         w.schedule(1, u64::MAX);
-        assert_eq!(w.deadline(1), Some(MAX_DEADLINE_MS));
+        assert_eq!(w.deadline(1), Some(TICK_MS + MAX_AHEAD_MS));
         assert_eq!(expire(&mut w, 1_000_000), Vec::<usize>::new());
+        assert_eq!(expire(&mut w, TICK_MS + MAX_AHEAD_MS), vec![1]);
+    }
+
+    const DAY: u64 = 86_400_000;
+
+    #[test]
+    fn deadlines_stay_exact_across_the_32_bit_wrap() {
+        // A server up 49.7 days (2^32 ms) and more: walk heartbeats and timeouts across the
+        // wrap of the kept bits, firing each exactly at its millisecond.
+        let start = (1u64 << 32) - 45_000;
+        let mut w = TimerWheel::new(start);
+        let mut now = start;
+        for round in 0..20u64 {
+            let hb = now + 30_000 + round; // a heartbeat, a little off the tick grid
+            let timeout = now + 5_003; // a request timeout
+            w.schedule(1, hb);
+            w.schedule(2, timeout);
+            assert_eq!((w.deadline(1), w.deadline(2)), (Some(hb), Some(timeout)));
+            assert_eq!(w.next_wait_ms(now), Some(5_003));
+            assert_eq!(expire(&mut w, timeout - 1), Vec::<usize>::new());
+            assert_eq!(expire(&mut w, timeout), vec![2]);
+            assert_eq!(w.next_wait_ms(timeout), Some(hb - timeout));
+            assert_eq!(expire(&mut w, hb - 1), Vec::<usize>::new());
+            assert_eq!(expire(&mut w, hb), vec![1]);
+            now = hb;
+        }
+        assert!(now > 1 << 32, "crossed the wrap");
+    }
+
+    #[test]
+    fn a_server_up_fifty_days_with_a_day_long_heartbeat() {
+        let start = 50 * DAY + 3;
+        let mut w = TimerWheel::new(start);
+        w.schedule(7, start + DAY);
+        w.schedule(8, start + 365 * DAY); // a year away: brought in to 12 days, not wrapped
+        let mut now = start;
+        while now < start + DAY - 40_000 {
+            now += 39_000; // the loop waking every 39 s
+            assert_eq!(expire(&mut w, now), Vec::<usize>::new(), "at {now}");
+            assert_eq!(w.deadline(7), Some(start + DAY));
+        }
+        assert_eq!(expire(&mut w, start + DAY - 1), Vec::<usize>::new());
+        assert_eq!(expire(&mut w, start + DAY), vec![7]);
+        let brought_in = w.deadline(8).unwrap_or(0);
+        assert!(brought_in > start + 12 * DAY && brought_in <= start + 13 * DAY);
+    }
+
+    #[test]
+    fn a_stall_longer_than_the_kept_bits_still_fires_everything() {
+        // A process stopped for 60 days (past 2^32 ms): every deadline is read against the
+        // wheel's own clock, not against now, so none is taken for a future one.
+        let mut w = TimerWheel::new(1_000);
+        w.schedule(1, 31_000);
+        w.schedule(2, 1_000 + 12 * DAY);
+        assert_eq!(expire(&mut w, 1_000 + 60 * DAY), vec![1, 2]);
+        assert!(w.is_empty());
     }
 }

@@ -48,6 +48,8 @@ pub(super) struct Ctx {
     pub(super) scratch_out: Vec<u8>,
     pub(super) fanout_keys: Vec<ConnKey>,
     pub(super) due: Vec<ConnKey>,
+    /// The wheel's due indices, before they are named as `due`'s keys.
+    pub(super) due_index: Vec<usize>,
     /// This turn's heartbeat frame (every heartbeat in a turn carries the same timestamp).
     pub(super) heartbeat_frame: Option<(i64, Vec<u8>, std::ops::Range<usize>)>,
     /// Connections whose read or write was cut short by the per-turn budget.
@@ -142,6 +144,7 @@ impl Ctx {
             scratch_out: Vec::with_capacity(64 * 1024),
             fanout_keys: Vec::new(),
             due: Vec::new(),
+            due_index: Vec::new(),
             heartbeat_frame: None,
             again: Vec::new(),
             batch: Vec::new(),

@@ -626,8 +626,18 @@ impl Server {
 
     fn expire_timers(&mut self, now: Now) {
         let mut due = std::mem::take(&mut self.ctx.due);
+        let mut due_index = std::mem::take(&mut self.ctx.due_index);
         due.clear();
-        self.ctx.wheel.expire_due(now.mono_ms, &mut due);
+        due_index.clear();
+        self.ctx.wheel.expire_due(now.mono_ms, &mut due_index);
+        // The wheel keeps no generations: an index it holds is always the connection's that
+        // holds it now (`reap` cancels an index's deadline whenever it frees it). Named all
+        // at once, before any handler runs, as the wheel's own keys were.
+        let conns = &self.conns;
+        due.extend(
+            due_index.drain(..).filter_map(|i| conns.get(i).map(|c| ConnKey::new(i, c.gen))),
+        );
+        self.ctx.due_index = due_index;
         for &key in &due {
             self.on_conn(key, now, |conn, key, ctx, now| match &conn.phase {
                 Phase::Stream(_) => streams::on_timer(conn, key, ctx, now),
@@ -908,7 +918,7 @@ impl Server {
                     self.untrack_if_last(user, open);
                     log::info!("SSE client removed for user {user} ({open} open)");
                 }
-                Phase::Closing { user: Some(user), .. } => {
+                Phase::Closing { user, was_stream: true, .. } => {
                     log::info!("SSE connection closed for user {user}")
                 }
                 _ => {}

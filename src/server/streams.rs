@@ -78,13 +78,13 @@ pub(super) fn start(
         .saturating_mul(1000)
         .saturating_sub(now.epoch_ms)
         .max(0) as u64;
-    let stream = StreamState {
-        user: start.user,
-        expires_at_ms: now.mono_ms.saturating_add(lifetime_ms),
-        next_heartbeat_ms: now.mono_ms + ctx.config.heartbeat_secs * 1000,
+    let stream = StreamState::new(
+        start.user,
+        now.mono_ms.saturating_add(lifetime_ms),
+        now.mono_ms + ctx.config.heartbeat_secs * 1000,
         chunked,
-    };
-    let deadline = stream.next_heartbeat_ms.min(stream.expires_at_ms);
+    );
+    let deadline = stream.deadline_ms(now.mono_ms);
     conn.start_streaming(stream);
     let open = ctx.registry.add(start.user, key);
     ctx.wheel.schedule(key, deadline);
@@ -186,7 +186,7 @@ pub(super) fn on_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -
     if now.mono_ms >= stream.expires_at_ms {
         return Verdict::Finish(CloseReason::Expired);
     }
-    if now.mono_ms >= stream.next_heartbeat_ms {
+    if stream.heartbeat_due(now.mono_ms) {
         let chunked = stream.chunked;
         let epoch_ms = now.epoch_ms;
         if !matches!(&ctx.heartbeat_frame, Some((at, ..)) if *at == epoch_ms) {
@@ -208,10 +208,8 @@ pub(super) fn on_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -
     let Phase::Stream(stream) = &mut conn.phase else {
         return Verdict::Continue;
     };
-    while stream.next_heartbeat_ms <= now.mono_ms {
-        stream.next_heartbeat_ms += period;
-    }
-    let deadline = stream.next_heartbeat_ms.min(stream.expires_at_ms);
+    stream.advance_heartbeat(now.mono_ms, period);
+    let deadline = stream.deadline_ms(now.mono_ms);
     ctx.wheel.schedule(key, deadline);
     match output::check_backlog(conn, now) {
         Ok(()) => Verdict::Continue,
