@@ -202,14 +202,9 @@ struct Spill {
 }
 
 impl Buffers {
-    /// Whether a half-received request is held. (Named as `Option::is_some` was, when this
-    /// was `Option<Box<InBuf>>`, so that callers outside this task read unchanged.)
-    pub fn is_some(&self) -> bool {
+    /// Whether a half-received request is held.
+    pub fn has_request(&self) -> bool {
         self.request().is_some()
-    }
-
-    pub fn is_none(&self) -> bool {
-        !self.is_some()
     }
 
     pub fn request(&self) -> Option<&InBuf> {
@@ -259,10 +254,8 @@ pub struct Conn {
     pub sock: TcpStream,
     pub gen: u32,
     pub phase: Phase,
-    /// The request buffer and the unsent bytes (`Buffers`). Still named `inbuf` because
-    /// `server/commit.rs` (not this task's) asks `conn.inbuf.is_some()`, which keeps its
-    /// meaning: a half-received request is held.
-    pub inbuf: Buffers,
+    /// The request buffer and the unsent bytes (`Buffers`), neither of which an idle stream has.
+    pub bufs: Buffers,
     /// Set once the connection is queued for reaping; nothing more is done with it.
     pub doomed: Option<CloseReason>,
     /// The client has sent EOF: once our answer is out, nothing keeps the connection.
@@ -295,7 +288,7 @@ impl Conn {
             sock,
             gen,
             phase: Phase::Request,
-            inbuf: Buffers::default(),
+            bufs: Buffers::default(),
             doomed: None,
             peer_closed: false,
             metrics_only: false,
@@ -319,7 +312,7 @@ impl Conn {
     pub fn start_streaming(&mut self, stream: StreamState) {
         debug_assert!(matches!(self.phase, Phase::Request));
         self.phase = Phase::Stream(stream);
-        self.inbuf.clear_request();
+        self.bufs.clear_request();
     }
 
     /// Any phase → Closing (FIN not yet sent); returns the stream this ends, if it was one.
@@ -330,7 +323,7 @@ impl Conn {
             Phase::Stream(stream) => (stream.user, true),
             Phase::Request | Phase::Committing => (UserId(0), false),
         };
-        self.inbuf.clear_request();
+        self.bufs.clear_request();
         let closing = Phase::Closing { user, was_stream, fin_sent: false };
         match std::mem::replace(&mut self.phase, closing) {
             Phase::Stream(stream) => Some(stream),
@@ -341,7 +334,7 @@ impl Conn {
     /// Closing with everything flushed: sends FIN once. Returns whether the connection is
     /// over (FIN sent and the client's EOF seen), so nothing is left to linger for.
     pub fn fin_if_flushed(&mut self) -> bool {
-        if self.inbuf.has_unsent() {
+        if self.bufs.has_unsent() {
             return false;
         }
         let Phase::Closing { fin_sent, .. } = &mut self.phase else {

@@ -138,7 +138,7 @@ pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, 
             // Bytes that came behind the write (pipelining) are served next turn, and the
             // socket is read again if its readiness (an EOF too) was reported while we were
             // not reading, or its last read stopped short (`Ctx::read_later`).
-            if conn.doomed.is_none() && (unread || conn.inbuf.is_some()) {
+            if conn.doomed.is_none() && (unread || conn.bufs.has_request()) {
                 ctx.again.push(key);
             }
         }

@@ -19,7 +19,7 @@ pub(super) fn send(
     if conn.doomed.is_some() || bytes.is_empty() {
         return Ok(());
     }
-    if let Some(unsent) = conn.inbuf.unsent_mut() {
+    if let Some(unsent) = conn.bufs.unsent_mut() {
         // Order matters: behind a backlog, new bytes queue up.
         unsent.bytes.extend_from_slice(bytes);
         return check_backlog(conn, now);
@@ -31,7 +31,7 @@ pub(super) fn send(
         }
         WriteOutcome::Partial(n) => {
             ctx.metrics.bytes_written += n as u64;
-            conn.inbuf.set_unsent(Unsent {
+            conn.bufs.set_unsent(Unsent {
                 bytes: bytes[n..].to_vec(),
                 from: 0,
                 over_soft_since: None,
@@ -45,14 +45,14 @@ pub(super) fn send(
 /// The socket can take more: write the backlog (at most one budget of it), then, for a
 /// closing connection with nothing left, send FIN.
 pub(super) fn on_writable(conn: &mut Conn, ctx: &mut Ctx) -> Verdict {
-    if let Some(mut unsent) = conn.inbuf.take_unsent() {
+    if let Some(mut unsent) = conn.bufs.take_unsent() {
         let end = unsent.bytes.len().min(unsent.from + IO_BUDGET_PER_TURN);
         match conn.write_now(&unsent.bytes[unsent.from..end]) {
             WriteOutcome::Done => {
                 ctx.metrics.bytes_written += (end - unsent.from) as u64;
                 unsent.from = end;
                 if !unsent.is_empty() {
-                    conn.inbuf.set_unsent(unsent);
+                    conn.bufs.set_unsent(unsent);
                     return Verdict::Again; // budget spent, not blocked
                 }
             }
@@ -63,7 +63,7 @@ pub(super) fn on_writable(conn: &mut Conn, ctx: &mut Ctx) -> Verdict {
                     unsent.bytes.drain(..unsent.from);
                     unsent.from = 0;
                 }
-                conn.inbuf.set_unsent(unsent);
+                conn.bufs.set_unsent(unsent);
                 return Verdict::Continue;
             }
             WriteOutcome::Failed => return Verdict::Close(CloseReason::WriteError),
@@ -78,12 +78,12 @@ pub(super) fn on_writable(conn: &mut Conn, ctx: &mut Ctx) -> Verdict {
 
 /// Applies the slow-consumer policy to a connection with a backlog.
 pub(super) fn check_backlog(conn: &mut Conn, now: Now) -> Result<(), CloseReason> {
-    if !conn.inbuf.has_unsent() {
+    if !conn.bufs.has_unsent() {
         return Ok(());
     }
     let kernel = conn.kernel_queued();
     let user = conn.phase.user();
-    let Some(unsent) = conn.inbuf.unsent_mut() else {
+    let Some(unsent) = conn.bufs.unsent_mut() else {
         return Ok(());
     };
     let total = unsent.len() + kernel;

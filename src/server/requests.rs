@@ -187,7 +187,7 @@ pub(super) fn read_requests(
     let mut buf = std::mem::take(&mut ctx.scratch_in);
     buf.clear();
     let mut started_ms = None;
-    if let Some(inbuf) = conn.inbuf.take_request() {
+    if let Some(inbuf) = conn.bufs.take_request() {
         buf.extend_from_slice(&inbuf.bytes);
         started_ms = Some(inbuf.started_ms);
     }
@@ -325,7 +325,7 @@ fn hold_rest(
     }
     let started = if consumed == 0 { started_ms.unwrap_or(now.mono_ms) } else { now.mono_ms };
     let held = HeldBytes::new(&ctx.held, rest.len(), unauthorized);
-    conn.inbuf.set_request(InBuf { bytes: rest.to_vec(), started_ms: started, held });
+    conn.bufs.set_request(InBuf { bytes: rest.to_vec(), started_ms: started, held });
     if matches!(verdict, Verdict::Continue) {
         ctx.wheel.schedule(key, started + REQUEST_TIMEOUT_MS);
     }
@@ -729,7 +729,7 @@ pub(super) fn on_request_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now
     if let Some(at) = ctx.parked.iter().position(|(k, _, _)| *k == key) {
         // The store did not answer in time (SPEC §7: 503 within 2 s, never a hang).
         ctx.parked.swap_remove(at);
-        conn.inbuf.clear_request();
+        conn.bufs.clear_request();
         let response = api::Response::error(
             503,
             "storage_unavailable",
@@ -737,12 +737,12 @@ pub(super) fn on_request_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now
         );
         return respond(conn, key, ctx, &response, &Reply::invalid(), now);
     }
-    if conn.inbuf.is_none() {
+    if !conn.bufs.has_request() {
         return Verdict::Close(CloseReason::Timeout);
     }
     let t = http::TIMEOUT;
     let response = api::Response::error(t.status, t.code, t.message);
     let verdict = respond(conn, key, ctx, &response, &Reply::invalid(), now);
-    conn.inbuf.clear_request();
+    conn.bufs.clear_request();
     verdict
 }
