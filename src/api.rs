@@ -181,7 +181,7 @@ pub enum Outcome {
 /// What a handler may read.
 pub struct Ctx<'a> {
     pub store: &'a Store,
-    pub registry: &'a Registry<crate::key::ConnKey>,
+    pub registry: &'a Registry,
     pub config: &'a Config,
     pub secret: &'a crate::jwt::Keys,
     /// The outstanding stream tickets on SQLite: minted by `Route::Ticket`, redeemed by

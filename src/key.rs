@@ -1,12 +1,14 @@
 //! Connection keys: a slab index together with the generation of the connection holding it.
 //!
 //! slab reuses an index as soon as its entry is removed, so an index alone cannot tell a
-//! connection from the one that took its place. Poll tokens, timer entries and registry
-//! entries carry a `ConnKey`; the loop checks the generation against the slab before acting
-//! on any of them, so an event or entry left behind by a reused index is skipped silently.
+//! connection from the one that took its place. Poll tokens and the work queued for a
+//! connection (parked requests, writes in the store's hands, the reap's lists) carry a
+//! `ConnKey`; the loop checks the generation against the slab before acting on any of them,
+//! so an event left behind by a reused index is skipped silently. The timer wheel and the
+//! registry keep bare indices: their entries are removed in the reap, with the connection.
 //! Pure values: no I/O.
 
-/// What the timer wheel and the registry can be keyed by: an index into flat vectors, plus
+/// What the timer wheel can be keyed by: an index into flat vectors, plus
 /// whatever the key carries beside it (a generation, or nothing for a bare `usize`).
 pub trait SlabKey: Copy + PartialEq + std::fmt::Debug {
     fn index(self) -> usize;

@@ -1,71 +1,72 @@
-//! Which streams each user has open: user → the slab keys of their streams.
+//! Which streams each user has open: user → the slab indices of their streams.
 //!
 //! Fan-out needs every stream of one user in O(1); closing a stream must remove it in O(1)
-//! whatever the user's count. Each user's keys sit in a small vector, and each key remembers
-//! its index there (in a flat vector indexed by key), so removal is a swap-remove. Entries are
-//! removed only by the server's reap, before their connection's slab key can be reused; the
-//! server's keys also carry the connection's generation, so even a stale entry would name a
-//! connection that no longer exists rather than another one.
+//! whatever the user's count. Each user's indices sit in a small vector, and each index
+//! remembers its position there (in a flat vector indexed by slab index), so removal is a
+//! swap-remove.
+//!
+//! An entry is a bare slab index (4 B a stream), not a generation-carrying key (8 B): entries
+//! are removed only by the server's reap, before their connection's slab index can be
+//! reused, so an index here always names the stream that registered it. The server still
+//! checks, before writing to a stream it found here, that the stream is that user's
+//! (`streams::live_stream`): a bug that left an entry behind could then only skip a write,
+//! never send one user's event to another.
 //! No I/O here: the server writes, the registry only answers "who".
 
 use crate::domain::UserId;
-use crate::key::SlabKey;
 use std::collections::HashMap;
 
 const ABSENT: u32 = u32::MAX;
 
-pub struct Registry<K: SlabKey = usize> {
-    by_user: HashMap<UserId, Vec<K>>,
+#[derive(Default)]
+pub struct Registry {
+    by_user: HashMap<UserId, Vec<u32>>,
     /// For each slab index: its position in its user's vector, or ABSENT.
-    index_of: Vec<u32>,
+    position_of: Vec<u32>,
     total: usize,
 }
 
-impl<K: SlabKey> Default for Registry<K> {
-    fn default() -> Registry<K> {
-        Registry { by_user: HashMap::new(), index_of: Vec::new(), total: 0 }
-    }
-}
-
-impl<K: SlabKey> Registry<K> {
-    pub fn new() -> Registry<K> {
+impl Registry {
+    pub fn new() -> Registry {
         Registry::default()
     }
 
-    /// Records that `key` is a stream of `user`; returns the user's count afterwards.
-    pub fn add(&mut self, user: UserId, key: K) -> usize {
-        let at = key.index();
-        if self.index_of.len() <= at {
-            self.index_of.resize(at + 1, ABSENT);
+    /// Records that slab index `at` is a stream of `user`; returns the user's count
+    /// afterwards. Slab indices past `u32::MAX` cannot occur: `--max-conns` is bounded by the
+    /// open-files limit.
+    pub fn add(&mut self, user: UserId, at: usize) -> usize {
+        if self.position_of.len() <= at {
+            self.position_of.resize(at + 1, ABSENT);
         }
-        debug_assert_eq!(self.index_of[at], ABSENT, "key {key:?} registered twice");
+        debug_assert_eq!(self.position_of[at], ABSENT, "index {at} registered twice");
         let keys = self.by_user.entry(user).or_default();
-        self.index_of[at] = keys.len() as u32;
-        keys.push(key);
+        self.position_of[at] = keys.len() as u32;
+        keys.push(at as u32);
         self.total += 1;
         keys.len()
     }
 
-    /// Forgets `key`; returns the user's count afterwards. Unknown keys are ignored.
-    pub fn remove(&mut self, user: UserId, key: K) -> usize {
-        let Some(&index) = self.index_of.get(key.index()) else {
+    /// Forgets slab index `at` as a stream of `user`; returns the user's count afterwards.
+    /// Unknown indices, and indices registered under another user, are ignored.
+    pub fn remove(&mut self, user: UserId, at: usize) -> usize {
+        let Some(&position) = self.position_of.get(at) else {
             return self.count(user);
         };
-        if index == ABSENT {
+        if position == ABSENT {
             return self.count(user);
         }
         let Some(keys) = self.by_user.get_mut(&user) else {
             return 0;
         };
-        let index = index as usize;
-        if keys.get(index) != Some(&key) {
-            return keys.len(); // registered under another user (or generation): not ours
+        let position = position as usize;
+        if keys.get(position).map(|&k| k as usize) != Some(at) {
+            return keys.len(); // registered under another user: not ours
         }
-        keys.swap_remove(index);
-        if let Some(&moved) = keys.get(index) {
-            self.index_of[moved.index()] = index as u32;
+        keys.swap_remove(position);
+        if let Some(&moved) = keys.get(position) {
+            self.position_of[moved as usize] = position as u32;
         }
-        self.index_of[key.index()] = ABSENT;
+        self.position_of[at] = ABSENT;
         self.total -= 1;
         let left = keys.len();
         if left == 0 {
@@ -74,7 +75,8 @@ impl<K: SlabKey> Registry<K> {
         left
     }
 
-    pub fn streams_of(&self, user: UserId) -> &[K] {
+    /// The slab indices of `user`'s streams, in no particular order.
+    pub fn streams_of(&self, user: UserId) -> &[u32] {
         self.by_user.get(&user).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -97,7 +99,7 @@ mod tests {
 
     #[test]
     fn add_count_remove() {
-        let mut r = Registry::<usize>::new();
+        let mut r = Registry::new();
         let (a, b) = (UserId(13), UserId(14));
         assert_eq!(r.add(a, 0), 1);
         assert_eq!(r.add(a, 5), 2);
@@ -105,7 +107,7 @@ mod tests {
         assert_eq!(r.add(a, 9), 3);
         assert_eq!((r.count(a), r.count(b), r.total(), r.users()), (3, 1, 4, 2));
         assert_eq!(r.remove(a, 0), 2);
-        let mut left: Vec<usize> = r.streams_of(a).to_vec();
+        let mut left: Vec<u32> = r.streams_of(a).to_vec();
         left.sort();
         assert_eq!(left, vec![5, 9]);
         // The moved key can itself be removed afterwards: its index was updated.
@@ -118,7 +120,7 @@ mod tests {
 
     #[test]
     fn removing_unknown_or_foreign_keys_changes_nothing() {
-        let mut r = Registry::<usize>::new();
+        let mut r = Registry::new();
         r.add(UserId(1), 3);
         assert_eq!(r.remove(UserId(1), 100), 1);
         assert_eq!(r.remove(UserId(2), 3), 0);
@@ -130,7 +132,7 @@ mod tests {
 
     #[test]
     fn many_streams_stay_consistent() {
-        let mut r = Registry::<usize>::new();
+        let mut r = Registry::new();
         for k in 0..1000 {
             r.add(UserId((k % 7) as i64), k);
         }
@@ -147,13 +149,13 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_of_an_earlier_generation_is_not_removed_by_a_later_one() {
-        use crate::key::ConnKey;
-        let mut r = Registry::<ConnKey>::new();
-        let old = ConnKey::new(3, 1);
-        r.add(UserId(1), old);
-        assert_eq!(r.remove(UserId(1), ConnKey::new(3, 2)), 1);
-        assert_eq!(r.streams_of(UserId(1)), &[old]);
-        assert_eq!(r.remove(UserId(1), old), 0);
+    fn a_reused_index_belongs_to_its_new_user_only() {
+        let mut r = Registry::new();
+        r.add(UserId(1), 4);
+        assert_eq!(r.remove(UserId(1), 4), 0);
+        assert_eq!(r.add(UserId(2), 4), 1);
+        assert_eq!(r.remove(UserId(1), 4), 0); // a late removal for the old user: ignored
+        assert_eq!(r.streams_of(UserId(2)), &[4]);
+        assert_eq!(r.total(), 1);
     }
 }

@@ -28,7 +28,7 @@ pub(super) struct Now {
 
 pub(super) struct Ctx {
     pub(super) wheel: TimerWheel<ConnKey>,
-    pub(super) registry: Registry<ConnKey>,
+    pub(super) registry: Registry,
     /// The loop's read-only view of the database; writes go through the store thread.
     pub(super) store: Store,
     pub(super) metrics: Metrics,
@@ -46,7 +46,8 @@ pub(super) struct Ctx {
     /// Reused read buffer: a request that arrives whole never allocates a buffer of its own.
     pub(super) scratch_in: Vec<u8>,
     pub(super) scratch_out: Vec<u8>,
-    pub(super) fanout_keys: Vec<ConnKey>,
+    /// Reused copy of one user's slab indices during a fan-out (writes need `conns` mutably).
+    pub(super) fanout_keys: Vec<u32>,
     pub(super) due: Vec<ConnKey>,
     /// The wheel's due indices, before they are named as `due`'s keys.
     pub(super) due_index: Vec<usize>,

@@ -891,7 +891,7 @@ impl Server {
     /// registry and the wheel.
     fn reap(&mut self) {
         for (key, user) in std::mem::take(&mut self.ctx.ended) {
-            let open = self.ctx.registry.remove(user, key);
+            let open = self.ctx.registry.remove(user, key.index());
             self.untrack_if_last(user, open);
             log::info!("SSE client removed for user {user} ({open} open)");
         }
@@ -914,7 +914,7 @@ impl Server {
                         _ => {}
                     }
                     log::info!("SSE connection closed for user {user}");
-                    let open = self.ctx.registry.remove(user, key);
+                    let open = self.ctx.registry.remove(user, key.index());
                     self.untrack_if_last(user, open);
                     log::info!("SSE client removed for user {user} ({open} open)");
                 }

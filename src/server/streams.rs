@@ -86,7 +86,7 @@ pub(super) fn start(
     );
     let deadline = stream.deadline_ms(now.mono_ms);
     conn.start_streaming(stream);
-    let open = ctx.registry.add(start.user, key);
+    let open = ctx.registry.add(start.user, key.index());
     ctx.wheel.schedule(key, deadline);
     ctx.metrics.streams_started += 1;
     ctx.metrics.count_request(reply.route, 200);
@@ -218,10 +218,10 @@ pub(super) fn on_timer(conn: &mut Conn, key: ConnKey, ctx: &mut Ctx, now: Now) -
 }
 
 /// The live stream at `key`, if the slab still holds that connection and it still streams.
-fn live_stream(conns: &mut Slab<Conn>, key: ConnKey) -> Option<&mut Conn> {
-    conns.get_mut(key.index()).filter(|c| {
-        c.gen == key.generation() && c.doomed.is_none() && matches!(c.phase, Phase::Stream(_))
-    })
+fn live_stream(conns: &mut Slab<Conn>, index: u32, user: UserId) -> Option<(ConnKey, &mut Conn)> {
+    let conn = conns.get_mut(index as usize)?;
+    let live = conn.doomed.is_none() && matches!(&conn.phase, Phase::Stream(s) if s.user == user);
+    live.then(|| (ConnKey::new(index as usize, conn.gen), conn))
 }
 
 /// Ends every open stream of `user` (deactivation).
@@ -235,8 +235,8 @@ pub(super) fn end_streams_of(
     let mut keys = std::mem::take(&mut ctx.fanout_keys);
     keys.clear();
     keys.extend_from_slice(ctx.registry.streams_of(user));
-    for &key in &keys {
-        if let Some(conn) = live_stream(conns, key) {
+    for &index in &keys {
+        if let Some((key, conn)) = live_stream(conns, index, user) {
             verdict::carry_out(conn, key, ctx, Verdict::Finish(reason), now);
         }
     }
@@ -256,9 +256,9 @@ pub(super) fn fan_out(conns: &mut Slab<Conn>, ctx: &mut Ctx, note: &Notification
     let mut keys = std::mem::take(&mut ctx.fanout_keys);
     keys.clear();
     keys.extend_from_slice(ctx.registry.streams_of(note.user));
-    for &key in &keys {
+    for &index in &keys {
         // A stream that ended this turn is still registered until the reap: skip it.
-        let Some(conn) = live_stream(conns, key) else {
+        let Some((key, conn)) = live_stream(conns, index, note.user) else {
             continue;
         };
         let chunked = matches!(&conn.phase, Phase::Stream(s) if s.chunked);
