@@ -6,11 +6,17 @@
 //! server bounds the time. Only the headers the server acts on are kept. Everything that could
 //! let a request be read two ways (`Transfer-Encoding`, conflicting `Content-Length`) is
 //! refused rather than guessed at.
+//!
+//! `Expect: 100-continue` (RFC 9110 §10.1.1) is read here too: a head says whether its client
+//! waits for `100 Continue` (`Request::awaits_continue`), and `mark_continue_sent` writes into
+//! the held bytes that it has been answered, so that no later parse of them asks again.
 
 use std::fmt::Write as _;
 
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §15.2.1): a status line, no fields.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// More headers than this is no client we serve: answered 431.
 const MAX_HEADERS: usize = 64;
 
@@ -40,6 +46,11 @@ pub struct Request<'a> {
     /// How many `Host` headers came (saturating): RFC 9112 §3.2 wants exactly one from an
     /// HTTP/1.1 client. The parser reads the request either way; the server answers 400.
     pub hosts: u8,
+    /// The client waits for `100 Continue` before it sends its body: an HTTP/1.1 head with
+    /// `Expect: 100-continue`, a body announced, and none of it here yet. Only a head
+    /// (`parse_head`) can say so; HTTP/1.0 must be ignored (RFC 9110 §10.1.1), and once some
+    /// of the body has come the client is sending it anyway (the RFC lets us omit the 100).
+    pub awaits_continue: bool,
     pub body: &'a [u8],
 }
 
@@ -145,6 +156,7 @@ fn parse_whole(buf: &[u8]) -> Result<Parts<'_>, Rejection> {
     let mut content_length: Option<usize> = None;
     let (mut authorization, mut last_event_id, mut origin) = (None, None, None);
     let mut hosts: u8 = 0;
+    let mut expects_continue = false;
     for h in req.headers.iter() {
         let name = h.name;
         let value = h.value;
@@ -181,6 +193,12 @@ fn parse_whole(buf: &[u8]) -> Result<Parts<'_>, Rejection> {
             origin = Some(value);
         } else if name.eq_ignore_ascii_case("host") {
             hosts = hosts.saturating_add(1);
+        } else if name.eq_ignore_ascii_case("expect") {
+            // A list of expectations (RFC 9110 §10.1.1); only `100-continue` is defined, and
+            // any other is ignored (the RFC allows 417, but SPEC's codes are fixed).
+            expects_continue |= value
+                .split(|b| *b == b',')
+                .any(|member| member.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
         }
     }
     let body_len = content_length.unwrap_or(0);
@@ -208,12 +226,45 @@ fn parse_whole(buf: &[u8]) -> Result<Parts<'_>, Rejection> {
         last_event_id,
         origin,
         hosts,
+        awaits_continue: expects_continue && !http10 && body_len > 0 && buf.len() == head_len,
         body: if whole { &buf[head_len..total] } else { &[] },
     };
     if !whole {
         return Ok(Parts::HeadOnly(request));
     }
     Ok(Parts::Done(Parse::Complete(request, total)))
+}
+
+/// The field name that `mark_continue_sent` gives an `Expect` field: a name of the same
+/// length that nothing reads.
+const EXPECT_MET: &[u8; 6] = b"X-Done";
+
+/// Records in a request's own bytes (`buf` starts with its head) that its `100 Continue` has
+/// been sent: every `Expect` field is renamed, so the head parses as before but no longer
+/// awaits a 100. The held bytes are all a half-received request has between reads, parks and
+/// commits, so this is where "answered once" is kept; a buffer without a whole head is left
+/// as it is.
+pub fn mark_continue_sent(buf: &mut [u8]) {
+    let mut at = [0usize; MAX_HEADERS];
+    let mut found = 0;
+    {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(buf), Ok(httparse::Status::Complete(_))) {
+            return;
+        }
+        let start = buf.as_ptr() as usize;
+        for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("expect")) {
+            // ok: httparse's names are slices of `buf`, so the difference is an offset in it.
+            at[found] = h.name.as_ptr() as usize - start;
+            found += 1;
+        }
+    }
+    for &offset in &at[..found] {
+        if let Some(name) = buf.get_mut(offset..offset + EXPECT_MET.len()) {
+            name.copy_from_slice(EXPECT_MET);
+        }
+    }
 }
 
 /// Splits a request target into path and query. RFC 9112 §3.2.2: a server accepts the
@@ -293,6 +344,7 @@ fn hex_value(b: u8) -> Option<u8> {
 
 pub fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
@@ -486,6 +538,60 @@ mod tests {
         let (r, _) =
             complete(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok");
         assert_eq!(r.body, b"ok");
+    }
+
+    #[test]
+    fn a_head_awaits_continue_only_when_a_100_would_help() {
+        let post = |version: &str, fields: &str, body: &str| {
+            format!("POST /t {version}\r\nHost: h\r\n{fields}\r\n{body}")
+        };
+        let awaits = |raw: &str| parse_head(raw.as_bytes()).map(|r| r.awaits_continue);
+        let cases = [
+            (post("HTTP/1.1", "Expect: 100-continue\r\nContent-Length: 5\r\n", ""), true),
+            (post("HTTP/1.1", "Content-Length: 5\r\nexpect:  100-Continue \r\n", ""), true),
+            (post("HTTP/1.1", "Expect: foo, 100-CONTINUE\r\nContent-Length: 5\r\n", ""), true),
+            // The body has begun: the client is sending it already.
+            (post("HTTP/1.1", "Expect: 100-continue\r\nContent-Length: 5\r\n", "he"), false),
+            // HTTP/1.0 must ignore the field; an expectation we do not know is ignored.
+            (post("HTTP/1.0", "Expect: 100-continue\r\nContent-Length: 5\r\n", ""), false),
+            (post("HTTP/1.1", "Expect: 200-ok\r\nContent-Length: 5\r\n", ""), false),
+            (post("HTTP/1.1", "Expect: 100-continued\r\nContent-Length: 5\r\n", ""), false),
+            (post("HTTP/1.1", "Content-Length: 5\r\n", ""), false),
+        ];
+        for (raw, want) in &cases {
+            assert_eq!(awaits(raw), Some(*want), "{raw:?}");
+        }
+        // No body to wait for: complete requests, never a head that awaits.
+        for raw in [
+            post("HTTP/1.1", "Expect: 100-continue\r\nContent-Length: 0\r\n", ""),
+            post("HTTP/1.1", "Expect: 100-continue\r\n", ""),
+            post("HTTP/1.1", "Expect: 100-continue\r\nContent-Length: 2\r\n", "ok"),
+        ] {
+            let (r, _) = complete(raw.as_bytes());
+            assert!(!r.awaits_continue, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_marked_head_is_the_same_request_without_its_expectation() {
+        let raw = b"POST /t?q HTTP/1.1\r\nExpect: 100-continue\r\nHost: h\r\n\
+            EXPECT: 100-continue\r\nContent-Length: 2\r\nAuthorization: Bearer a\r\n\r\n";
+        let mut marked = raw.to_vec();
+        mark_continue_sent(&mut marked);
+        let (before, after) = (parse_head(raw), parse_head(&marked));
+        assert!(before.as_ref().is_some_and(|r| r.awaits_continue));
+        let want = before.map(|r| Request { awaits_continue: false, ..r });
+        assert_eq!(after, want);
+        assert_eq!(marked.len(), raw.len());
+        // Marked again (a re-read) or with its body come, it stays one whole request.
+        mark_continue_sent(&mut marked);
+        marked.extend_from_slice(b"ok");
+        let (r, n) = complete(&marked);
+        assert_eq!((r.body, n, r.awaits_continue), (&b"ok"[..], marked.len(), false));
+        // A buffer without a whole head is left alone.
+        let mut partial = b"POST /t HTTP/1.1\r\nExpect: 100-continue\r\n".to_vec();
+        mark_continue_sent(&mut partial);
+        assert_eq!(partial, b"POST /t HTTP/1.1\r\nExpect: 100-continue\r\n".to_vec());
     }
 
     #[test]

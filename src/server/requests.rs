@@ -60,19 +60,40 @@ impl Access {
             http::Method::Options => "OPTIONS",
             http::Method::Other => "OTHER",
         };
-        let user = verified
-            .or_else(|| {
+        // The credential `api` acts on, in its order: a stream's `?ticket=` (when there is
+        // no `Authorization`), else the bearer token. Looked at before `api` redeems the
+        // ticket, and without using it up.
+        let claims = match api::stream_ticket(request) {
+            Some(text) => ticket_claims(ctx, &text, now),
+            None => verified.or_else(|| {
                 let token = api::bearer_token(request)?;
                 crate::jwt::verify_with_keys(&token, &ctx.secret, now.epoch_ms.div_euclid(1000))
                     .ok()
-            })
-            .map(|claims| claims.user);
+            }),
+        };
+        let user = claims.map(|claims| claims.user);
         Access { method, path: request.path.to_string(), user, started: std::time::Instant::now() }
     }
 }
 
+/// The claims of a stream ticket that is still good, for the access line: on SQLite from
+/// the loop's tickets, in cluster mode what the store thread redeemed for this request
+/// (`waits_for_store`). A used, expired or unknown ticket names no one.
+fn ticket_claims(ctx: &Ctx, text: &[u8], now: Now) -> Option<Claims> {
+    if ctx.store.shares_tickets() {
+        let key = crate::tickets::shared_key(text).map(TicketKey)?;
+        match ctx.store.redeemed(key) {
+            Some(Ok(Ok(claims))) => Some(claims),
+            _ => None,
+        }
+    } else {
+        ctx.tickets.borrow().check(text, now.epoch_ms).ok()
+    }
+}
+
 /// One access log line (`--access-log`): method, path, status, bytes written, time from
-/// the request's arrival to its answer, and the user when the token named a valid one.
+/// the request's arrival to its answer, and the user when the token (or the stream ticket)
+/// named a valid one.
 pub(super) fn log_access(ctx: &Ctx, reply: &Reply, status: u16, bytes: usize) {
     if !ctx.config.access_log {
         return;
@@ -232,7 +253,7 @@ pub(super) fn read_requests(
     if buf.len() >= limit {
         cut_short = true;
     }
-    let (consumed, verdict) = serve_buffered(conn, key, ctx, &buf, now);
+    let (consumed, verdict) = serve_buffered(conn, key, ctx, &mut buf, now);
     if matches!(verdict, Verdict::Commit(..)) && !drained {
         // An EOF or bytes left in the socket: looked at again once the write is answered.
         ctx.read_later.insert(key);
@@ -334,18 +355,20 @@ fn hold_rest(
 
 /// Parses and serves every complete request at the front of `buf`, until one of them needs
 /// more than an answer (a commit, a stream, a close). Returns the bytes used and the verdict
-/// of the last request served.
+/// of the last request served. A half-received request whose head is accepted and whose
+/// client awaits `100 Continue` gets it here, and its bytes in `buf` say so from then on.
 fn serve_buffered(
     conn: &mut Conn,
     key: ConnKey,
     ctx: &mut Ctx,
-    buf: &[u8],
+    buf: &mut [u8],
     now: Now,
 ) -> (usize, Verdict) {
     let mut used = 0;
     while used < buf.len() && matches!(conn.phase, Phase::Request) {
         match http::parse_request(&buf[used..]) {
             Parse::Partial => {
+                let mut continued = false;
                 if let Some(head) = http::parse_head(&buf[used..]) {
                     // Answering from the head may read the user (active?): it waits too.
                     let verified = match admit(conn, ctx, &head, false, now) {
@@ -353,8 +376,21 @@ fn serve_buffered(
                         Admit::Serve(verified) => verified,
                     };
                     if let Some(verdict) = refuse_from_head(conn, key, ctx, &head, verified, now) {
+                        // Refused: no 100 went out, so the client never sends the body.
                         return (buf.len(), verdict);
                     }
+                    // Shutting down, the half-received request is closed: inviting its body
+                    // would be a lie.
+                    if head.awaits_continue && !ctx.shutting_down() {
+                        if let Err(reason) = output::send(conn, ctx, http::CONTINUE, now) {
+                            return (buf.len(), Verdict::Close(reason));
+                        }
+                        continued = true;
+                    }
+                }
+                if continued {
+                    // Held, parked or re-read, these bytes never ask for a second 100.
+                    http::mark_continue_sent(&mut buf[used..]);
                 }
                 break;
             }
