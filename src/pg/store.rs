@@ -109,6 +109,11 @@ pub struct PgStore {
     /// The server process of the current connection: the NOTIFYs this store sends come back
     /// to every listener with it (`Notification::process_id`).
     pid: Cell<Option<i32>>,
+    /// While a batch is run again after a conflict: no call may wait past this instant
+    /// (`bound_calls`), so that the retries stay inside the 2 s a request is allowed.
+    calls_until: Cell<Option<Instant>>,
+    /// Batches run again after a conflict, since the store opened.
+    retried: Cell<u64>,
 }
 
 impl PgStore {
@@ -131,6 +136,8 @@ impl PgStore {
             batch: RefCell::new(Batch::default()),
             swept_at: Cell::new(None),
             pid: Cell::new(None),
+            calls_until: Cell::new(None),
+            retried: Cell::new(0),
         };
         let mut client = store.connect_once()?;
         let ensured = store.runtime.block_on(async {
@@ -243,15 +250,19 @@ impl PgStore {
         let Some(client) = self.client.borrow().clone() else {
             return Err(PgError::Unavailable("not connected".into()));
         };
+        let wait = match self.calls_until.get() {
+            Some(until) => until.saturating_duration_since(Instant::now()).min(CALL_DEADLINE),
+            None => CALL_DEADLINE,
+        };
         let outcome =
-            self.runtime.block_on(async { tokio::time::timeout(CALL_DEADLINE, run(client)).await });
+            self.runtime.block_on(async { tokio::time::timeout(wait, run(client)).await });
         let error = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => classify(&self.uri, &e),
             Err(_) => PgError::Unavailable(format!(
                 "no answer from {} within {} ms",
                 self.uri,
-                CALL_DEADLINE.as_millis()
+                wait.as_millis()
             )),
         };
         let closed = self.client.borrow().as_ref().is_none_or(|c| c.is_closed());
@@ -262,6 +273,23 @@ impl PgStore {
             }
         }
         Err(error)
+    }
+
+    /// Bounds every call until `until` is cleared (`None`): a call then waits at most until
+    /// that instant, and fails as `Unavailable` past it, as any call past `CALL_DEADLINE`.
+    pub(crate) fn bound_calls(&self, until: Option<Instant>) {
+        self.calls_until.set(until);
+    }
+
+    /// Counts a batch run again after a conflict (`writes::apply_pg`).
+    pub(crate) fn count_retry(&self) {
+        self.retried.set(self.retried.get().saturating_add(1));
+    }
+
+    /// How many batches were run again after a conflict since the store opened: rare, and a
+    /// figure worth watching when it is not (`docs/cluster.md`, "Deadlocks").
+    pub fn retried_batches(&self) -> u64 {
+        self.retried.get()
     }
 
     /// The prepared statement for `sql`, prepared once per connection.
