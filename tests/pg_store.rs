@@ -662,3 +662,44 @@ fn a_batch_aborted_as_a_deadlock_is_run_again_and_applied_once() {
         assert_eq!(q("SELECT spent FROM limits WHERE user_id ="), (100 * user).to_string());
     }
 }
+
+#[test]
+fn a_batch_creating_a_user_takes_its_rows_in_ascending_id_and_cannot_deadlock() {
+    let pg = Pg::start();
+    let uri = pg.create_db("ascending");
+    pg.psql("postgres", "ALTER DATABASE ascending SET deadlock_timeout = '50ms'");
+    let store = open(&uri);
+    setup_user(&store, UserId(7));
+    // Another node creates user 5 and has not committed; then it takes user 7's row. A
+    // batch that creates user 5 and writes for user 7 used to lock 7 first (the existing
+    // rows) and then wait for 5: a cycle, one of the two aborted. Taken in ascending id it
+    // waits for 5 holding nothing, and the other node goes through.
+    let mut other = plain_client(&pg, "ascending", "other");
+    other.batch_execute("BEGIN; INSERT INTO users (id, active) VALUES (5, false)").unwrap();
+    let ops = [
+        WriteOp::User { user: UserId(5), active: true },
+        WriteOp::Transaction {
+            user: UserId(7),
+            amount: 70,
+            description: None,
+            occurred_at_ms: NOW,
+        },
+    ];
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let batch = std::thread::spawn(move || {
+        let backend = Backend::Postgres(store);
+        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
+        let _ = done_tx.send(outcome.map(|(applied, _)| applied));
+        backend
+    });
+    wait_for_lock_wait(&pg, "ascending", "periode-sse store");
+    other.batch_execute("SELECT 1 FROM users WHERE id = 7 FOR UPDATE; COMMIT").unwrap();
+    let applied = done.recv_timeout(Duration::from_secs(10)).expect("the batch ended").unwrap();
+    let backend = batch.join().unwrap();
+    let Backend::Postgres(store) = &backend else { unreachable!() };
+    assert_eq!(store.retried_batches(), 0, "no deadlock, so nothing to run again");
+    let statuses: Vec<u16> = applied.iter().map(|a| a.response.status).collect();
+    assert_eq!(statuses, [200, 201]);
+    assert_eq!(pg.psql("ascending", "SELECT active FROM users WHERE id = 5"), "t");
+    assert_eq!(pg.psql("ascending", "SELECT total_spent FROM users WHERE id = 7"), "70");
+}

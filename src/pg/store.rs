@@ -15,7 +15,8 @@
 //! (`payload.rs`) in the same transaction: PostgreSQL delivers it only after the commit, so a
 //! notification is never heard before it is durable. A batch must take its user rows in one
 //! order (ascending user id) on every node, or two nodes' batches can deadlock; the server
-//! aborts one of them after `deadlock_timeout` and that batch fails.
+//! then aborts one of them after `deadlock_timeout` (`PgError::Conflict`), and a pipelined
+//! batch (`batch.rs`) is run again by `writes::apply_pg`, within the request's 2 s.
 //!
 //! It keeps no cache of users' views: every read queries. The server's loop keeps that
 //! cache (`backend::Reader`), filled by this store's batches and loads and kept true by the
