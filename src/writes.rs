@@ -276,10 +276,8 @@ fn plan_pg(
     let mut owed = BTreeSet::new();
     // Each user's state after their last write (`None`: no such user).
     let mut states: BTreeMap<UserId, Option<UserState>> = BTreeMap::new();
-    let active_status = |state: &UserState| match state.limit {
-        Some(limit) if limit.covers(now_ms) => Some(Status::compute(state.spending, limit)),
-        _ => None,
-    };
+    let active_status =
+        |state: &UserState| crate::backend::status_covering(state.limit, state.spending, now_ms);
     let mut note_for = |user: UserId, status: &Status, payloads: &mut Vec<String>| {
         let last = last_ids.entry(user).or_insert(0);
         *last += 1;

@@ -541,7 +541,7 @@ fn a_version_1_database_gets_its_period_sums_at_the_first_start() {
     );
     let store = open(&uri);
     assert_eq!(pg.psql("v1", "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
-    let spending = |user| store.load_view_now(UserId(user)).unwrap().unwrap().spending;
+    let spending = |user| store.load_view_now(UserId(user)).unwrap().unwrap().spending();
     assert_eq!((spending(7), spending(8)), (1_100, 0), "both ends of the period count");
     // From now on the sum is kept by the writes: one inside the period, one outside.
     let ops = [
@@ -561,7 +561,7 @@ fn a_version_1_database_gets_its_period_sums_at_the_first_start() {
     let backend = Backend::Postgres(store);
     backend.apply_batch(&ops.iter().collect::<Vec<_>>(), 1500).unwrap();
     let Backend::Postgres(store) = &backend else { unreachable!() };
-    assert_eq!(store.load_view_now(UserId(7)).unwrap().unwrap().spending, 1_105);
+    assert_eq!(store.load_view_now(UserId(7)).unwrap().unwrap().spending(), 1_105);
     // A second start finds version 2 and changes nothing.
     drop(open(&uri));
     assert_eq!(pg.psql("v1", "SELECT spent FROM limits WHERE user_id = 7"), "1105");

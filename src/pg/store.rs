@@ -32,6 +32,7 @@ use super::error::{classify, PgError};
 use super::payload::{Event, CHANNEL};
 use super::schema;
 use super::uri::PgUri;
+use crate::backend::{self, View};
 use crate::domain::UserId;
 use crate::jwt::Claims;
 use crate::spending::{AlertPercentage, Limit, Status};
@@ -58,16 +59,6 @@ pub const APPLICATION: &str = "periode-sse store";
 
 pub type Result<T> = std::result::Result<T, PgError>;
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-/// Everything a connect or a status read needs of one user.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct UserView {
-    pub active: bool,
-    pub last_notification_id: u64,
-    pub limit: Option<Limit>,
-    /// The sum over the limit's period (0 without a limit).
-    pub spending: i64,
-}
 
 /// One user's view in one query: the row, the limit and the period's sum (kept in `spent`).
 const LOAD_VIEW: &str = "
@@ -353,26 +344,22 @@ impl PgStore {
         }
     }
 
-    fn view(&self, user: UserId) -> Result<Option<UserView>> {
+    fn view(&self, user: UserId) -> Result<Option<View>> {
         self.load_view(user)
     }
 
     /// The user's view in one query; `None` when there is no such user.
-    pub fn load_view_now(&self, user: UserId) -> Result<Option<UserView>> {
+    pub fn load_view_now(&self, user: UserId) -> Result<Option<View>> {
         self.load_view(user)
     }
 
-    fn load_view(&self, user: UserId) -> Result<Option<UserView>> {
+    fn load_view(&self, user: UserId) -> Result<Option<View>> {
         let Some(row) = self.row(LOAD_VIEW, &[&user.0])? else { return Ok(None) };
         let last: i64 = self.get(&row, 1)?;
         let limit = self.limit_from(&row, 2)?;
         let spending: i64 = self.get(&row, 6)?;
-        Ok(Some(UserView {
-            active: self.get(&row, 0)?,
-            last_notification_id: last.max(0) as u64,
-            spending: if limit.is_some() { spending } else { 0 },
-            limit,
-        }))
+        let spending = if limit.is_some() { spending } else { 0 };
+        Ok(Some(View::new(self.get(&row, 0)?, last.max(0) as u64, limit, spending)))
     }
 
     /// The limit in the four columns from `first`, all NULL when there is none.
@@ -392,7 +379,7 @@ impl PgStore {
 
     /// `None` when the user does not exist.
     pub fn user_active(&self, user: UserId) -> Result<Option<bool>> {
-        Ok(self.view(user)?.map(|v| v.active))
+        Ok(backend::user_active(self.view(user)?))
     }
 
     pub fn limit(&self, user: UserId) -> Result<Option<Limit>> {
@@ -417,12 +404,7 @@ impl PgStore {
 
     /// The status against the limit whose period covers `now_ms`, if there is one.
     pub fn active_status(&self, user: UserId, now_ms: i64) -> Result<Option<Status>> {
-        match self.view(user)? {
-            Some(UserView { limit: Some(limit), spending, .. }) if limit.covers(now_ms) => {
-                Ok(Some(Status::compute(spending, limit)))
-            }
-            _ => Ok(None),
-        }
+        Ok(backend::active_status(self.view(user)?, now_ms))
     }
 
     pub fn status_for(&self, user: UserId, limit: Limit) -> Result<Status> {
@@ -430,7 +412,7 @@ impl PgStore {
     }
 
     pub fn last_notification_id(&self, user: UserId) -> Result<u64> {
-        Ok(self.view(user)?.map_or(0, |v| v.last_notification_id))
+        Ok(backend::last_notification_id(self.view(user)?))
     }
 
     /// Calls `each` with every kept notification of `user` whose id is above `after`, oldest
