@@ -188,6 +188,15 @@ pub fn apply_pg(
     ops: &[&WriteOp],
     now_ms: i64,
 ) -> Result<(Vec<Applied>, Views), crate::pg::PgError> {
+    /// Lifts the retries' bound on calls however `apply_pg` ends (a panic too: the store
+    /// thread catches it and keeps the store, whose later calls must not inherit the bound).
+    struct Unbound<'a>(&'a crate::pg::PgStore);
+    impl Drop for Unbound<'_> {
+        fn drop(&mut self) {
+            self.0.bound_calls(None);
+        }
+    }
+    let _unbound = Unbound(store);
     let began = std::time::Instant::now();
     let until = began + BATCH_BUDGET;
     let mut attempt = 1;
@@ -209,10 +218,7 @@ pub fn apply_pg(
                 store.bound_calls(Some(until));
                 attempt += 1;
             }
-            other => {
-                store.bound_calls(None);
-                return other;
-            }
+            other => return other,
         }
     }
 }
