@@ -262,12 +262,7 @@ impl Backend {
         #[cfg(feature = "postgres")]
         if let Backend::Postgres(s) = self {
             // One query for the view (the period's sum is kept in the row, never summed).
-            let view = s.load_view_now(user).map_err(StoreError::Postgres)?.map(|v| View {
-                active: v.active,
-                last_id: v.last_notification_id,
-                limit: v.limit,
-                spending: v.spending,
-            });
+            let view = s.load_view_now(user).map_err(StoreError::Postgres)?;
             let mut rows = Vec::new();
             if let Some(after) = after {
                 let each = |id, data: &str| rows.push((id, data.to_string()));
@@ -377,19 +372,66 @@ pub enum Load {
     Minted(Result<Minted, MintError>),
 }
 
-/// Everything a connect or a status read needs of one user.
+/// Everything a connect or a status read needs of one user: the one type for it in every
+/// backend (SQLite's store caches these, PostgreSQL's store loads them, the loop's cluster
+/// cache holds them), so that the reads below are written once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct View {
-    active: bool,
-    last_id: u64,
-    limit: Option<Limit>,
-    spending: i64,
+    pub(crate) active: bool,
+    pub(crate) last_id: u64,
+    pub(crate) limit: Option<Limit>,
+    /// The sum over the limit's period (0 without a limit).
+    pub(crate) spending: i64,
 }
 
 impl View {
     /// `spending` is the limit's period's (0 without a limit).
     pub fn new(active: bool, last_id: u64, limit: Option<Limit>, spending: i64) -> View {
         View { active, last_id, limit, spending }
+    }
+
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    pub fn limit(&self) -> Option<Limit> {
+        self.limit
+    }
+
+    pub fn spending(&self) -> i64 {
+        self.spending
+    }
+}
+
+// The reads every backend answers from a user's view (`None`: no such user). Each store's
+// `user_active`, `active_status` and `last_notification_id` (SQLite's, PostgreSQL's, the
+// loop's `Reader`) is one call to these, so a rule cannot change in one backend only.
+
+/// Whether the user is active; `None` when there is no such user.
+pub fn user_active(view: Option<View>) -> Option<bool> {
+    view.map(|v| v.active)
+}
+
+/// The status against the user's limit if its period covers `now_ms`.
+pub fn active_status(view: Option<View>, now_ms: i64) -> Option<Status> {
+    view.and_then(|v| status_covering(v.limit, v.spending, now_ms))
+}
+
+/// The user's latest notification id: 0 before the first, and for no such user.
+pub fn last_notification_id(view: Option<View>) -> u64 {
+    view.map_or(0, |v| v.last_id)
+}
+
+/// The status for `spending` against `limit` when its period covers `now_ms`, else none:
+/// what a write notifies and `/status` answers (also used by `writes::apply_pg`'s plan).
+pub fn status_covering(limit: Option<Limit>, spending: i64, now_ms: i64) -> Option<Status> {
+    match limit {
+        Some(limit) if limit.covers(now_ms) => Some(Status::compute(spending, limit)),
+        _ => None,
     }
 }
 
@@ -713,26 +755,21 @@ impl Reader {
     pub fn user_active(&self, user: UserId) -> store::Result<Option<bool>> {
         match self {
             Reader::Sqlite(s) => s.user_active(user),
-            Reader::Loaded(l) => Ok(Reader::loaded_view(l, user)?.map(|v| v.active)),
+            Reader::Loaded(l) => Ok(user_active(Reader::loaded_view(l, user)?)),
         }
     }
 
     pub fn active_status(&self, user: UserId, now_ms: i64) -> store::Result<Option<Status>> {
         match self {
             Reader::Sqlite(s) => s.active_status(user, now_ms),
-            Reader::Loaded(l) => Ok(match Reader::loaded_view(l, user)? {
-                Some(View { limit: Some(limit), spending, .. }) if limit.covers(now_ms) => {
-                    Some(Status::compute(spending, limit))
-                }
-                _ => None,
-            }),
+            Reader::Loaded(l) => Ok(active_status(Reader::loaded_view(l, user)?, now_ms)),
         }
     }
 
     pub fn last_notification_id(&self, user: UserId) -> store::Result<u64> {
         match self {
             Reader::Sqlite(s) => s.last_notification_id(user),
-            Reader::Loaded(l) => Ok(Reader::loaded_view(l, user)?.map_or(0, |v| v.last_id)),
+            Reader::Loaded(l) => Ok(last_notification_id(Reader::loaded_view(l, user)?)),
         }
     }
 

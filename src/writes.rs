@@ -159,12 +159,73 @@ fn write_transaction(out: &mut String, tx: &Transaction) {
 #[cfg(feature = "postgres")]
 pub type Views = Vec<(UserId, Option<crate::backend::View>)>;
 
+/// How many times a PostgreSQL batch is tried when PostgreSQL aborts it as a deadlock or a
+/// serialization failure (`PgError::Conflict`).
+#[cfg(feature = "postgres")]
+pub const BATCH_ATTEMPTS: u32 = 3;
+/// No retried attempt runs past this long after the batch's first began: a request that
+/// needs the database is answered within 2 s (SPEC §7), and the loop needs a moment to
+/// answer once the store has. A retry that would start with less than `MIN_RETRY_TIME`
+/// left is not started.
+#[cfg(feature = "postgres")]
+pub const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(1900);
+#[cfg(feature = "postgres")]
+const MIN_RETRY_TIME: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A whole batch on PostgreSQL, in one transaction of two pipelined round trips: every
 /// write's answer, and each written user's view as the batch left it (for the loop's cache:
 /// it need not load them again). On an error the transaction is rolled back and nothing is
 /// stored.
+///
+/// A batch that PostgreSQL aborted as a deadlock or a serialization failure was rolled back
+/// whole: nothing of it is committed and no id was given out, so it is run again from phase
+/// 1 with a fresh plan (PostgreSQL's documentation asks exactly that of clients), up to
+/// `BATCH_ATTEMPTS` times in all and never past `BATCH_BUDGET`; then its last error is the
+/// answer. Any other error is answered at once: a lost connection may have committed.
 #[cfg(feature = "postgres")]
 pub fn apply_pg(
+    store: &crate::pg::PgStore,
+    ops: &[&WriteOp],
+    now_ms: i64,
+) -> Result<(Vec<Applied>, Views), crate::pg::PgError> {
+    /// Lifts the retries' bound on calls however `apply_pg` ends (a panic too: the store
+    /// thread catches it and keeps the store, whose later calls must not inherit the bound).
+    struct Unbound<'a>(&'a crate::pg::PgStore);
+    impl Drop for Unbound<'_> {
+        fn drop(&mut self) {
+            self.0.bound_calls(None);
+        }
+    }
+    let _unbound = Unbound(store);
+    let began = std::time::Instant::now();
+    let until = began + BATCH_BUDGET;
+    let mut attempt = 1;
+    loop {
+        let outcome = apply_pg_once(store, ops, now_ms);
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match outcome {
+            Err(e) if e.is_conflict() && attempt < BATCH_ATTEMPTS && left >= MIN_RETRY_TIME => {
+                // Rare by design (`pg::batch`): one line per retried batch is no flood.
+                log::warn!(
+                    "a batch of {} writes was aborted by PostgreSQL after {} ms (attempt {attempt} \
+                     of {BATCH_ATTEMPTS}) and is run again, nothing of it stored: {e}; if this \
+                     line is frequent, look for another client locking the users table",
+                    ops.len(),
+                    began.elapsed().as_millis(),
+                    e = e.to_string().replace('\n', " ")
+                );
+                store.count_retry();
+                store.bound_calls(Some(until));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of `apply_pg`: rolled back on any error.
+#[cfg(feature = "postgres")]
+fn apply_pg_once(
     store: &crate::pg::PgStore,
     ops: &[&WriteOp],
     now_ms: i64,
@@ -221,10 +282,8 @@ fn plan_pg(
     let mut owed = BTreeSet::new();
     // Each user's state after their last write (`None`: no such user).
     let mut states: BTreeMap<UserId, Option<UserState>> = BTreeMap::new();
-    let active_status = |state: &UserState| match state.limit {
-        Some(limit) if limit.covers(now_ms) => Some(Status::compute(state.spending, limit)),
-        _ => None,
-    };
+    let active_status =
+        |state: &UserState| crate::backend::status_covering(state.limit, state.spending, now_ms);
     let mut note_for = |user: UserId, status: &Status, payloads: &mut Vec<String>| {
         let last = last_ids.entry(user).or_insert(0);
         *last += 1;

@@ -541,7 +541,7 @@ fn a_version_1_database_gets_its_period_sums_at_the_first_start() {
     );
     let store = open(&uri);
     assert_eq!(pg.psql("v1", "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
-    let spending = |user| store.load_view_now(UserId(user)).unwrap().unwrap().spending;
+    let spending = |user| store.load_view_now(UserId(user)).unwrap().unwrap().spending();
     assert_eq!((spending(7), spending(8)), (1_100, 0), "both ends of the period count");
     // From now on the sum is kept by the writes: one inside the period, one outside.
     let ops = [
@@ -561,8 +561,145 @@ fn a_version_1_database_gets_its_period_sums_at_the_first_start() {
     let backend = Backend::Postgres(store);
     backend.apply_batch(&ops.iter().collect::<Vec<_>>(), 1500).unwrap();
     let Backend::Postgres(store) = &backend else { unreachable!() };
-    assert_eq!(store.load_view_now(UserId(7)).unwrap().unwrap().spending, 1_105);
+    assert_eq!(store.load_view_now(UserId(7)).unwrap().unwrap().spending(), 1_105);
     // A second start finds version 2 and changes nothing.
     drop(open(&uri));
     assert_eq!(pg.psql("v1", "SELECT spent FROM limits WHERE user_id = 7"), "1105");
+}
+
+/// A plain client of the test's own, with a deadlock timeout long enough that PostgreSQL
+/// never picks it to abort: the store's connections (50 ms) find every cycle first.
+fn plain_client(pg: &Pg, db: &str, application: &str) -> postgres::Client {
+    let config = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db} application_name={application}",
+        pg.port
+    );
+    let mut client = postgres::Client::connect(&config, postgres::NoTls).unwrap();
+    client.batch_execute("SET deadlock_timeout = '10s'").unwrap();
+    client
+}
+
+/// Waits (bounded) until a backend of `application` waits for a lock.
+fn wait_for_lock_wait(pg: &Pg, db: &str, application: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' \
+         AND application_name = '{application}' AND wait_event_type = 'Lock'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql("postgres", &sql) != "1" {
+        assert!(Instant::now() < deadline, "{application} never waited for a lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_batch_aborted_as_a_deadlock_is_run_again_and_applied_once() {
+    let pg = Pg::start();
+    let uri = pg.create_db("deadlock");
+    // The store's sessions look for a cycle 50 ms into a lock wait; the test's own after 10 s.
+    pg.psql("postgres", "ALTER DATABASE deadlock SET deadlock_timeout = '50ms'");
+    let store = open(&uri);
+    for user in [1, 2, 3] {
+        setup_user(&store, UserId(user));
+    }
+    // A deadlock is found only by the session whose wait closes the cycle, 50 ms after its
+    // wait began, so the order is made explicit with a gate (row 2):
+    // 1. the gate holds row 2; the batch locks row 1 and waits for row 2;
+    // 2. the other client locks row 3 and waits for row 1 (the batch's);
+    // 3. the gate lets go: the batch takes row 2, waits for row 3: a cycle, which the
+    //    batch's session finds. Its transaction is aborted (40P01), the other client gets
+    //    row 1 and commits, and the batch, run again, goes through.
+    let mut gate = plain_client(&pg, "deadlock", "gate");
+    gate.batch_execute("BEGIN; SELECT 1 FROM users WHERE id = 2 FOR UPDATE").unwrap();
+    let ops: Vec<WriteOp> = (1..=3)
+        .map(|user| WriteOp::Transaction {
+            user: UserId(user),
+            amount: 100 * user,
+            description: None,
+            occurred_at_ms: NOW,
+        })
+        .collect();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let batch = std::thread::spawn(move || {
+        let backend = Backend::Postgres(store);
+        let started = Instant::now();
+        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
+        let _ = done_tx.send((outcome.map(|(applied, _)| applied), started.elapsed()));
+        backend
+    });
+    wait_for_lock_wait(&pg, "deadlock", "periode-sse store");
+    let mut other = plain_client(&pg, "deadlock", "other");
+    let other = std::thread::spawn(move || {
+        other
+            .batch_execute(
+                "BEGIN; SELECT 1 FROM users WHERE id = 3 FOR UPDATE; \
+                 SELECT 1 FROM users WHERE id = 1 FOR UPDATE; COMMIT",
+            )
+            .unwrap();
+    });
+    wait_for_lock_wait(&pg, "deadlock", "other");
+    gate.batch_execute("COMMIT").unwrap();
+
+    let (outcome, took) = done.recv_timeout(Duration::from_secs(10)).expect("the batch ended");
+    other.join().unwrap();
+    let backend = batch.join().unwrap();
+    let applied = outcome.expect("the batch was run again after the deadlock");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    let Backend::Postgres(store) = &backend else { unreachable!() };
+    assert_eq!(store.retried_batches(), 1);
+    for (user, applied) in (1..=3i64).zip(&applied) {
+        assert_eq!(applied.response.status, 201, "user {user}");
+        let note = applied.notification.as_ref().expect("a notification");
+        assert_eq!((note.user, note.id), (UserId(user), 1), "ids from 1, contiguous");
+    }
+    // Exactly once: one transaction, one notification, the total, the period's sum.
+    for user in 1..=3i64 {
+        let q = |sql: &str| pg.psql("deadlock", &format!("{sql} {user}"));
+        assert_eq!(q("SELECT count(*) FROM transactions WHERE user_id ="), "1");
+        assert_eq!(q("SELECT string_agg(id::text, ',') FROM notifications WHERE user_id ="), "1");
+        assert_eq!(q("SELECT total_spent FROM users WHERE id ="), (100 * user).to_string());
+        assert_eq!(q("SELECT last_notification_id FROM users WHERE id ="), "1");
+        assert_eq!(q("SELECT spent FROM limits WHERE user_id ="), (100 * user).to_string());
+    }
+}
+
+#[test]
+fn a_batch_creating_a_user_takes_its_rows_in_ascending_id_and_cannot_deadlock() {
+    let pg = Pg::start();
+    let uri = pg.create_db("ascending");
+    pg.psql("postgres", "ALTER DATABASE ascending SET deadlock_timeout = '50ms'");
+    let store = open(&uri);
+    setup_user(&store, UserId(7));
+    // Another node creates user 5 and has not committed; then it takes user 7's row. A
+    // batch that creates user 5 and writes for user 7 used to lock 7 first (the existing
+    // rows) and then wait for 5: a cycle, one of the two aborted. Taken in ascending id it
+    // waits for 5 holding nothing, and the other node goes through.
+    let mut other = plain_client(&pg, "ascending", "other");
+    other.batch_execute("BEGIN; INSERT INTO users (id, active) VALUES (5, false)").unwrap();
+    let ops = [
+        WriteOp::User { user: UserId(5), active: true },
+        WriteOp::Transaction {
+            user: UserId(7),
+            amount: 70,
+            description: None,
+            occurred_at_ms: NOW,
+        },
+    ];
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let batch = std::thread::spawn(move || {
+        let backend = Backend::Postgres(store);
+        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
+        let _ = done_tx.send(outcome.map(|(applied, _)| applied));
+        backend
+    });
+    wait_for_lock_wait(&pg, "ascending", "periode-sse store");
+    other.batch_execute("SELECT 1 FROM users WHERE id = 7 FOR UPDATE; COMMIT").unwrap();
+    let applied = done.recv_timeout(Duration::from_secs(10)).expect("the batch ended").unwrap();
+    let backend = batch.join().unwrap();
+    let Backend::Postgres(store) = &backend else { unreachable!() };
+    assert_eq!(store.retried_batches(), 0, "no deadlock, so nothing to run again");
+    let statuses: Vec<u16> = applied.iter().map(|a| a.response.status).collect();
+    assert_eq!(statuses, [200, 201]);
+    assert_eq!(pg.psql("ascending", "SELECT active FROM users WHERE id = 5"), "t");
+    assert_eq!(pg.psql("ascending", "SELECT total_spent FROM users WHERE id = 7"), "70");
 }

@@ -8,8 +8,17 @@
 //!
 //! 1. `BEGIN`, one statement that locks every existing user row of the batch in ascending id
 //!    (`FOR UPDATE` below an `ORDER BY`: the rows are locked in sort order, the same order on
-//!    every node, so two nodes' batches cannot deadlock on them), then one statement per
-//!    write. Under READ COMMITTED each statement has its own snapshot, taken after the lock
+//!    every node), then one statement per write. A `User` write may *insert* its row, which
+//!    takes that row's lock when the insert runs, not in the lock statement: had the lock
+//!    statement taken the larger ids first, a batch that creates user 5 while writing for
+//!    user 7 would hold 7 and wait for 5 while another node's batch held 5 (created and
+//!    committed meanwhile by a third) and waited for 7 — the deadlock of two nodes creating
+//!    users at once. So the lock statement is cut into segments that each end with a user
+//!    the batch creates (`lock_segments`): each segment's lock statement goes just before its
+//!    first write, and every row, new or not, is taken in ascending id, in the same pipeline
+//!    (no extra round trip; a batch without a `User` write has one lock statement, as
+//!    before). A deadlock with a client that locks in another order (or a serialization
+//!    failure) can still happen; `writes::apply_pg` runs such a batch again. Under READ COMMITTED each statement has its own snapshot, taken after the lock
 //!    statement returned: it sees every commit of those users by any node. Each write's
 //!    statement checks its refusal (unknown user, total overflow) in SQL, makes its change
 //!    and returns the user's state after it (active, limit, the period's spending, the last
@@ -21,7 +30,8 @@
 //! the exact text SQLite's path makes. Ids are `last_notification_id + 1, + 2, …` per user,
 //! from the row read under the lock, which is held until the commit: contiguous across
 //! nodes, as before. A refusal is not an error (no row, or a NULL id), so it never aborts the
-//! transaction; any error fails the whole batch, which the caller rolls back.
+//! transaction; any error fails the whole batch, which the caller rolls back (and, after a
+//! `PgError::Conflict`, runs again).
 //!
 //! The period's spending is `limits.spent` (schema version 2), an incremental sum kept under
 //! the row lock: a transaction inside the limit's period adds its amount (saturating, as the
@@ -43,8 +53,8 @@ use std::task::Poll;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-/// The batch's users, locked in ascending id (existing rows only: a new user's row is
-/// created, and so locked, by its own write).
+/// A segment's users, locked in ascending id (existing rows only: a new user's row is
+/// created, and so locked, by its own write, the segment's last; see `lock_segments`).
 pub(super) const LOCK: &str =
     "SELECT id FROM users WHERE id = ANY($1::BIGINT[]) ORDER BY id FOR UPDATE";
 
@@ -148,6 +158,47 @@ fn user_of(op: &WriteOp) -> UserId {
     }
 }
 
+/// Where the lock statements go in a batch: the users each one locks (ascending), and for
+/// each write, the lock statement sent just before it, if any.
+struct Segments {
+    users: Vec<Vec<i64>>,
+    first_of: Vec<Option<usize>>,
+}
+
+/// Cuts the batch's users (ascending) into segments that each end with a user the batch
+/// creates or flags (a `User` write): so the row such a write may insert is taken after
+/// every smaller id and before every larger one, and the whole batch takes its rows in
+/// ascending id, new or not (see the module header). A batch without a `User` write is one
+/// segment: one lock statement, as it always was. `ops` come sorted by user (the store
+/// thread sorts them); unsorted, every write still follows its segment's lock.
+fn lock_segments(ops: &[&WriteOp]) -> Segments {
+    let mut users: Vec<(i64, bool)> =
+        ops.iter().map(|op| (user_of(op).0, matches!(op, WriteOp::User { .. }))).collect();
+    users.sort_unstable();
+    let mut segments: Vec<Vec<i64>> = vec![Vec::new()];
+    let mut segment_of: BTreeMap<i64, usize> = BTreeMap::new();
+    for (i, (user, creates)) in users.iter().enumerate() {
+        let last = segments.len() - 1;
+        if segment_of.insert(*user, last).is_none() {
+            segments[last].push(*user);
+        }
+        // The last entry of this user (sorted: `true` after `false`) closes the segment.
+        let last_of_user = users.get(i + 1).is_none_or(|(next, _)| next != user);
+        if *creates && last_of_user && i + 1 < users.len() {
+            segments.push(Vec::new());
+        }
+    }
+    let mut sent = vec![false; segments.len()];
+    let first_of = ops
+        .iter()
+        .map(|op| {
+            let segment = segment_of.get(&user_of(op).0).copied().unwrap_or(0);
+            (!std::mem::replace(&mut sent[segment], true)).then_some(segment)
+        })
+        .collect();
+    Segments { users: segments, first_of }
+}
+
 type Pending<'a> =
     Pin<Box<dyn Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>> + 'a>>;
 
@@ -191,9 +242,7 @@ impl PgStore {
         let limit = self.statement(LIMIT)?;
         let user = self.statement(USER)?;
         self.begin_pipelined();
-        let mut users: Vec<i64> = ops.iter().map(|op| user_of(op).0).collect();
-        users.sort_unstable();
-        users.dedup();
+        let segments = lock_segments(ops);
         // Values the parameters borrow that are not fields of the writes.
         let alerts: Vec<f64> = ops
             .iter()
@@ -221,14 +270,18 @@ impl PgStore {
                 }
             })
             .collect();
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
-        let (lock_params, params) = (&lock_params, &params);
+        let lock_params: Vec<[&(dyn ToSql + Sync); 1]> =
+            segments.users.iter().map(|users| -> [&(dyn ToSql + Sync); 1] { [users] }).collect();
+        let (lock_params, params, first_of) = (&lock_params, &params, &segments.first_of);
         let (lock, transaction, limit, user) = (&lock, &transaction, &limit, &user);
         let answers = self.call(|c| async move {
-            let mut pending: Vec<Pending<'_>> = Vec::with_capacity(ops.len() + 2);
+            let mut pending: Vec<Pending<'_>> =
+                Vec::with_capacity(ops.len() + lock_params.len() + 1);
             pending.push(Box::pin(async { c.batch_execute("BEGIN").await.map(|()| Vec::new()) }));
-            pending.push(Box::pin(c.query(lock, lock_params)));
-            for (op, params) in ops.iter().zip(params) {
+            for ((op, params), first_of) in ops.iter().zip(params).zip(first_of) {
+                if let Some(segment) = first_of {
+                    pending.push(Box::pin(c.query(lock, &lock_params[*segment])));
+                }
                 let statement = match op {
                     WriteOp::Transaction { .. } => transaction,
                     WriteOp::Limit { .. } => limit,
@@ -240,8 +293,15 @@ impl PgStore {
         })?;
         let mut last_ids = BTreeMap::new();
         let mut written = Vec::with_capacity(ops.len());
-        // The first two answers are BEGIN's and the lock's.
-        for (op, rows) in ops.iter().zip(answers.iter().skip(2)) {
+        // BEGIN's answer first, then each write's, with a lock's before some of them.
+        let mut answers = answers.iter().skip(1);
+        for (op, first_of) in ops.iter().zip(first_of) {
+            if first_of.is_some() {
+                answers.next();
+            }
+            let Some(rows) = answers.next() else {
+                return Err(super::PgError::Sql("the batch lost an answer (a bug)".into()));
+            };
             let Some(one) = rows.first() else {
                 written.push(match op {
                     WriteOp::Transaction { .. } => {
@@ -336,5 +396,44 @@ impl PgStore {
         })?;
         self.end_pipelined();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(user: i64) -> WriteOp {
+        WriteOp::Transaction { user: UserId(user), amount: 1, description: None, occurred_at_ms: 0 }
+    }
+
+    fn user(user: i64) -> WriteOp {
+        WriteOp::User { user: UserId(user), active: true }
+    }
+
+    /// The writes, each lock statement's users, and the lock sent before each write.
+    type Case = (Vec<WriteOp>, Vec<Vec<i64>>, Vec<Option<usize>>);
+
+    #[test]
+    fn each_created_user_ends_a_lock_segment() {
+        let cases: [Case; 4] = [
+            (vec![tx(1), tx(1), tx(4)], vec![vec![1, 4]], vec![Some(0), None, None]),
+            (
+                vec![tx(1), user(3), tx(3), tx(5), user(7), tx(9)],
+                vec![vec![1, 3], vec![5, 7], vec![9]],
+                vec![Some(0), None, None, Some(1), None, Some(2)],
+            ),
+            (vec![user(2)], vec![vec![2]], vec![Some(0)]),
+            (
+                vec![user(2), tx(2), user(2), user(3)],
+                vec![vec![2], vec![3]],
+                vec![Some(0), None, None, Some(1)],
+            ),
+        ];
+        for (ops, users, first_of) in cases {
+            let refs: Vec<&WriteOp> = ops.iter().collect();
+            let segments = lock_segments(&refs);
+            assert_eq!((segments.users, segments.first_of), (users, first_of), "{ops:?}");
+        }
     }
 }

@@ -15,7 +15,8 @@
 //! (`payload.rs`) in the same transaction: PostgreSQL delivers it only after the commit, so a
 //! notification is never heard before it is durable. A batch must take its user rows in one
 //! order (ascending user id) on every node, or two nodes' batches can deadlock; the server
-//! aborts one of them after `deadlock_timeout` and that batch fails.
+//! then aborts one of them after `deadlock_timeout` (`PgError::Conflict`), and a pipelined
+//! batch (`batch.rs`) is run again by `writes::apply_pg`, within the request's 2 s.
 //!
 //! It keeps no cache of users' views: every read queries. The server's loop keeps that
 //! cache (`backend::Reader`), filled by this store's batches and loads and kept true by the
@@ -31,6 +32,7 @@ use super::error::{classify, PgError};
 use super::payload::{Event, CHANNEL};
 use super::schema;
 use super::uri::PgUri;
+use crate::backend::{self, View};
 use crate::domain::UserId;
 use crate::jwt::Claims;
 use crate::spending::{AlertPercentage, Limit, Status};
@@ -57,16 +59,6 @@ pub const APPLICATION: &str = "periode-sse store";
 
 pub type Result<T> = std::result::Result<T, PgError>;
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-/// Everything a connect or a status read needs of one user.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct UserView {
-    pub active: bool,
-    pub last_notification_id: u64,
-    pub limit: Option<Limit>,
-    /// The sum over the limit's period (0 without a limit).
-    pub spending: i64,
-}
 
 /// One user's view in one query: the row, the limit and the period's sum (kept in `spent`).
 const LOAD_VIEW: &str = "
@@ -109,6 +101,11 @@ pub struct PgStore {
     /// The server process of the current connection: the NOTIFYs this store sends come back
     /// to every listener with it (`Notification::process_id`).
     pid: Cell<Option<i32>>,
+    /// While a batch is run again after a conflict: no call may wait past this instant
+    /// (`bound_calls`), so that the retries stay inside the 2 s a request is allowed.
+    calls_until: Cell<Option<Instant>>,
+    /// Batches run again after a conflict, since the store opened.
+    retried: Cell<u64>,
 }
 
 impl PgStore {
@@ -131,6 +128,8 @@ impl PgStore {
             batch: RefCell::new(Batch::default()),
             swept_at: Cell::new(None),
             pid: Cell::new(None),
+            calls_until: Cell::new(None),
+            retried: Cell::new(0),
         };
         let mut client = store.connect_once()?;
         let ensured = store.runtime.block_on(async {
@@ -243,15 +242,19 @@ impl PgStore {
         let Some(client) = self.client.borrow().clone() else {
             return Err(PgError::Unavailable("not connected".into()));
         };
+        let wait = match self.calls_until.get() {
+            Some(until) => until.saturating_duration_since(Instant::now()).min(CALL_DEADLINE),
+            None => CALL_DEADLINE,
+        };
         let outcome =
-            self.runtime.block_on(async { tokio::time::timeout(CALL_DEADLINE, run(client)).await });
+            self.runtime.block_on(async { tokio::time::timeout(wait, run(client)).await });
         let error = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => classify(&self.uri, &e),
             Err(_) => PgError::Unavailable(format!(
                 "no answer from {} within {} ms",
                 self.uri,
-                CALL_DEADLINE.as_millis()
+                wait.as_millis()
             )),
         };
         let closed = self.client.borrow().as_ref().is_none_or(|c| c.is_closed());
@@ -262,6 +265,23 @@ impl PgStore {
             }
         }
         Err(error)
+    }
+
+    /// Bounds every call until `until` is cleared (`None`): a call then waits at most until
+    /// that instant, and fails as `Unavailable` past it, as any call past `CALL_DEADLINE`.
+    pub(crate) fn bound_calls(&self, until: Option<Instant>) {
+        self.calls_until.set(until);
+    }
+
+    /// Counts a batch run again after a conflict (`writes::apply_pg`).
+    pub(crate) fn count_retry(&self) {
+        self.retried.set(self.retried.get().saturating_add(1));
+    }
+
+    /// How many batches were run again after a conflict since the store opened: rare, and a
+    /// figure worth watching when it is not (`docs/cluster.md`, "Deadlocks").
+    pub fn retried_batches(&self) -> u64 {
+        self.retried.get()
     }
 
     /// The prepared statement for `sql`, prepared once per connection.
@@ -324,26 +344,22 @@ impl PgStore {
         }
     }
 
-    fn view(&self, user: UserId) -> Result<Option<UserView>> {
+    fn view(&self, user: UserId) -> Result<Option<View>> {
         self.load_view(user)
     }
 
     /// The user's view in one query; `None` when there is no such user.
-    pub fn load_view_now(&self, user: UserId) -> Result<Option<UserView>> {
+    pub fn load_view_now(&self, user: UserId) -> Result<Option<View>> {
         self.load_view(user)
     }
 
-    fn load_view(&self, user: UserId) -> Result<Option<UserView>> {
+    fn load_view(&self, user: UserId) -> Result<Option<View>> {
         let Some(row) = self.row(LOAD_VIEW, &[&user.0])? else { return Ok(None) };
         let last: i64 = self.get(&row, 1)?;
         let limit = self.limit_from(&row, 2)?;
         let spending: i64 = self.get(&row, 6)?;
-        Ok(Some(UserView {
-            active: self.get(&row, 0)?,
-            last_notification_id: last.max(0) as u64,
-            spending: if limit.is_some() { spending } else { 0 },
-            limit,
-        }))
+        let spending = if limit.is_some() { spending } else { 0 };
+        Ok(Some(View::new(self.get(&row, 0)?, last.max(0) as u64, limit, spending)))
     }
 
     /// The limit in the four columns from `first`, all NULL when there is none.
@@ -363,7 +379,7 @@ impl PgStore {
 
     /// `None` when the user does not exist.
     pub fn user_active(&self, user: UserId) -> Result<Option<bool>> {
-        Ok(self.view(user)?.map(|v| v.active))
+        Ok(backend::user_active(self.view(user)?))
     }
 
     pub fn limit(&self, user: UserId) -> Result<Option<Limit>> {
@@ -388,12 +404,7 @@ impl PgStore {
 
     /// The status against the limit whose period covers `now_ms`, if there is one.
     pub fn active_status(&self, user: UserId, now_ms: i64) -> Result<Option<Status>> {
-        match self.view(user)? {
-            Some(UserView { limit: Some(limit), spending, .. }) if limit.covers(now_ms) => {
-                Ok(Some(Status::compute(spending, limit)))
-            }
-            _ => Ok(None),
-        }
+        Ok(backend::active_status(self.view(user)?, now_ms))
     }
 
     pub fn status_for(&self, user: UserId, limit: Limit) -> Result<Status> {
@@ -401,7 +412,7 @@ impl PgStore {
     }
 
     pub fn last_notification_id(&self, user: UserId) -> Result<u64> {
-        Ok(self.view(user)?.map_or(0, |v| v.last_notification_id))
+        Ok(backend::last_notification_id(self.view(user)?))
     }
 
     /// Calls `each` with every kept notification of `user` whose id is above `after`, oldest

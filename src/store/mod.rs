@@ -114,15 +114,8 @@ pub enum WriteRefusal {
 /// Past this many cached users the cache starts over (a bound, not an eviction policy).
 const MAX_CACHED_USERS: usize = 200_000;
 
-/// Everything a connect or a status read needs of one user.
-#[derive(Debug, Clone, Copy)]
-struct UserView {
-    active: bool,
-    last_notification_id: u64,
-    limit: Option<Limit>,
-    /// The sum over the limit's period (0 without a limit).
-    spending: i64,
-}
+/// Everything a connect or a status read needs of one user (the type every backend shares).
+type UserView = crate::backend::View;
 
 pub struct Store {
     db: Connection,
@@ -254,7 +247,7 @@ impl Store {
             Some(limit) => self.spending(user, limit)?,
             None => 0,
         };
-        Ok(Some(UserView { active, last_notification_id: last_id.max(0) as u64, limit, spending }))
+        Ok(Some(UserView::new(active, last_id.max(0) as u64, limit, spending)))
     }
 
     /// Applies a change to `user`'s view in this batch. The view must have been read with
@@ -267,7 +260,7 @@ impl Store {
 
     /// `None` when the user does not exist.
     pub fn user_active(&self, user: UserId) -> Result<Option<bool>> {
-        Ok(self.view(user)?.map(|v| v.active))
+        Ok(crate::backend::user_active(self.view(user)?))
     }
 
     pub fn limit(&self, user: UserId) -> Result<Option<Limit>> {
@@ -309,12 +302,7 @@ impl Store {
 
     /// The status against the limit whose period covers `now_ms`, if there is one.
     pub fn active_status(&self, user: UserId, now_ms: i64) -> Result<Option<Status>> {
-        match self.view(user)? {
-            Some(UserView { limit: Some(limit), spending, .. }) if limit.covers(now_ms) => {
-                Ok(Some(Status::compute(spending, limit)))
-            }
-            _ => Ok(None),
-        }
+        Ok(crate::backend::active_status(self.view(user)?, now_ms))
     }
 
     pub fn status_for(&self, user: UserId, limit: Limit) -> Result<Status> {
@@ -322,7 +310,7 @@ impl Store {
     }
 
     pub fn last_notification_id(&self, user: UserId) -> Result<u64> {
-        Ok(self.view(user)?.map_or(0, |v| v.last_notification_id))
+        Ok(crate::backend::last_notification_id(self.view(user)?))
     }
 
     /// Calls `each` with every kept notification of `user` whose id is above `after`, oldest
@@ -397,7 +385,7 @@ impl Store {
         )?;
         let before = self.view(user)?;
         stmt.execute(params![user.0, active])?;
-        let fresh = UserView { active, last_notification_id: 0, limit: None, spending: 0 };
+        let fresh = UserView::new(active, 0, None, 0);
         self.update_view(user, |view| {
             *view = Some(before.map_or(fresh, |v| UserView { active, ..v }))
         });
@@ -485,14 +473,14 @@ impl Store {
         let Some(view) = self.view(user)? else {
             return Err(rusqlite::Error::QueryReturnedNoRows.into());
         };
-        let id_kept = view.last_notification_id + 1;
+        let id_kept = view.last_id + 1;
         let id = id_kept as i64;
         self.db
             .prepare_cached("UPDATE users SET last_notification_id = ?2 WHERE id = ?1")?
             .execute(params![user.0, id])?;
         self.update_view(user, |view| {
             if let Some(v) = view {
-                v.last_notification_id = id_kept;
+                v.last_id = id_kept;
             }
         });
         self.db
