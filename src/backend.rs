@@ -188,7 +188,7 @@ impl Backend {
             Backend::Postgres(s) => {
                 let (results, views) =
                     crate::writes::apply_pg(s, ops, now_ms).map_err(StoreError::Postgres)?;
-                Ok((results, Written { views, pid: s.backend_pid() }))
+                Ok((results, Written { views, pid: s.backend_pid(), retried: s.retried_batches() }))
             }
         }
     }
@@ -442,6 +442,9 @@ pub fn status_covering(limit: Option<Limit>, spending: i64, now_ms: i64) -> Opti
 pub struct Written {
     pub views: Vec<(UserId, Option<View>)>,
     pub pid: Option<i32>,
+    /// How many batches the store has run again after a conflict since it opened (0 on
+    /// SQLite): a running total, so a failed batch's retries show with the next success.
+    pub retried: u64,
 }
 
 /// One user's reads as the store thread loaded them: `view` is `None` when the user does not

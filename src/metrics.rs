@@ -76,6 +76,9 @@ pub struct Metrics {
     pub commit_batches: u64,
     pub commit_batch_writes: u64,
     pub commit_failures: u64,
+    /// Batches PostgreSQL aborted as a deadlock or serialization failure and the store ran
+    /// again (`writes::apply_pg`), as of the last committed batch.
+    pub commit_retries: u64,
     pub largest_commit_batch: u64,
     pub accept_errors: u64,
     /// Commit batch sizes: counts per bucket of `BATCH_BUCKETS` (cumulative at render time).
@@ -196,6 +199,11 @@ impl Metrics {
             "periode_sse_commit_failures_total",
             "Batches whose commit failed (answered 500).",
             self.commit_failures,
+        );
+        counter(
+            "periode_sse_commit_retries_total",
+            "Batches aborted by PostgreSQL as a deadlock or serialization failure and run again.",
+            self.commit_retries,
         );
         counter(
             "periode_sse_accept_errors_total",
@@ -343,6 +351,7 @@ mod tests {
         m.count_commit(3);
         m.count_commit(5);
         m.events_heartbeat = 7;
+        m.commit_retries = 2;
         m.count_commit_latency(std::time::Duration::from_micros(700));
         m.count_commit_latency(std::time::Duration::from_micros(2_000_000));
         let text = m.render(&Gauges {
@@ -365,6 +374,7 @@ mod tests {
             "periode_sse_disconnects_total{reason=\"slow_consumer\"} 1",
             "periode_sse_disconnects_total{reason=\"expired\"} 0",
             "periode_sse_commit_batches_total 2",
+            "periode_sse_commit_retries_total 2",
             "periode_sse_commit_batch_writes_total 8",
             "periode_sse_largest_commit_batch 5",
             "periode_sse_events_sent_total{event=\"heartbeat\"} 7",

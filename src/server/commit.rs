@@ -91,10 +91,11 @@ pub(super) fn apply_all(
 /// Answers every write of a durable (or failed) batch, pushes its notifications and ends
 /// the streams of users it deactivated; then queues each writer to be read again.
 pub(super) fn complete(conns: &mut Slab<Conn>, ctx: &mut Ctx, done: Completion, now: Now) {
-    let Completion { writes, outcome, .. } = done;
+    let Completion { writes, outcome, written, .. } = done;
     let (results, failure): (Vec<Option<Applied>>, _) = match outcome {
         Ok(results) => {
             ctx.store_ok = true;
+            ctx.metrics.commit_retries = ctx.metrics.commit_retries.max(written.retried);
             ctx.metrics.count_commit(writes.len());
             (results.into_iter().map(Some).collect(), (500, "storage_error"))
         }
