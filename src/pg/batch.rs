@@ -18,8 +18,9 @@
 //!    first write, and every row, new or not, is taken in ascending id, in the same pipeline
 //!    (no extra round trip; a batch without a `User` write has one lock statement, as
 //!    before). A deadlock with a client that locks in another order (or a serialization
-//!    failure) can still happen; `writes::apply_pg` runs such a batch again. Under READ COMMITTED each statement has its own snapshot, taken after the lock
-//!    statement returned: it sees every commit of those users by any node. Each write's
+//!    failure) can still happen; `writes::apply_pg` runs such a batch again. Under READ
+//!    COMMITTED each statement has its own snapshot, taken after the lock statement
+//!    returned: it sees every commit of those users by any node. Each write's
 //!    statement checks its refusal (unknown user, total overflow) in SQL, makes its change
 //!    and returns the user's state after it (active, limit, the period's spending, the last
 //!    notification id), which is all the answer and the notification need.
