@@ -703,3 +703,103 @@ fn a_batch_creating_a_user_takes_its_rows_in_ascending_id_and_cannot_deadlock() 
     assert_eq!(pg.psql("ascending", "SELECT active FROM users WHERE id = 5"), "t");
     assert_eq!(pg.psql("ascending", "SELECT total_spent FROM users WHERE id = 7"), "70");
 }
+
+/// A write's cost must not grow with the number of users or with their kept notifications:
+/// no statement of a batch may read a whole table, also when the store's session prepared
+/// its statements while the tables were nearly empty (PostgreSQL keeps a session's plans).
+/// PostgreSQL counts each sequential scan of a table (`pg_stat_user_tables.seq_scan`,
+/// flushed when the session ends): over a store's whole session, 10 batches on near-empty
+/// tables and then 20 on tables of 20 000 users, limits and notifications, there must be
+/// none. (Batches used to trim each user's window with a hash join over the whole
+/// notifications table, and to keep plans that scanned `users` whole.)
+#[test]
+fn no_batch_reads_a_whole_table_whatever_its_size() {
+    let pg = Pg::start();
+    let uri = pg.create_db("scans");
+    drop(open(&uri)); // the schema, whose index builds count as scans
+    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'scans'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql("postgres", sessions) != "0" {
+        assert!(Instant::now() < deadline, "the schema's session never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let counts = || {
+        let row = pg.psql(
+            "scans",
+            "SELECT string_agg(relname || ' ' || seq_scan, ', ' ORDER BY relname), \
+             sum(n_tup_del) FILTER (WHERE relname = 'notifications') FROM pg_stat_user_tables \
+             WHERE relname IN ('users', 'limits', 'transactions', 'notifications')",
+        );
+        let (scans, deleted) = row.split_once('|').unwrap_or_else(|| panic!("{row}"));
+        (scans.to_string(), deleted.to_string())
+    };
+    let (scans_before, _) = counts();
+
+    let store = Backend::Postgres(open(&uri));
+    let round = |n: i64| {
+        let ops: Vec<WriteOp> = (1..=20)
+            .map(|user| WriteOp::Transaction {
+                user: UserId(user),
+                amount: 1,
+                description: None,
+                occurred_at_ms: NOW + n,
+            })
+            .collect();
+        let refs: Vec<&WriteOp> = ops.iter().collect();
+        store.apply_batch(&refs, NOW).unwrap();
+    };
+    // Users 1 to 20, then 10 batches while the tables hold 20 rows (ids 1 to 11 each).
+    let setup: Vec<WriteOp> = (1..=20)
+        .flat_map(|user| {
+            let user = UserId(user);
+            [
+                WriteOp::User { user, active: true },
+                WriteOp::Limit { user, limit: limit_covering_now() },
+            ]
+        })
+        .collect();
+    store.apply_batch(&setup.iter().collect::<Vec<_>>(), NOW).unwrap();
+    (0..10).for_each(round);
+    // The tables grow under the store's feet (without scans of this session's own): 20 000
+    // more users with limits, and users 1 to 20 get full windows, ids 12 to 1011, as 1000
+    // more notifications would have left them.
+    let day = 86_400_000;
+    pg.psql(
+        "scans",
+        &format!(
+            "SET enable_seqscan = off; \
+             INSERT INTO users (id, active) SELECT u, true FROM generate_series(1001, 21000) u; \
+             INSERT INTO limits (user_id, max_limit, alert_percentage, periode_start, \
+             periode_end, spent) SELECT u, 100000, 80, {}, {}, 0 FROM generate_series(1001, 21000) u; \
+             DELETE FROM notifications WHERE user_id BETWEEN 1 AND 20; \
+             INSERT INTO notifications (user_id, id, data) \
+             SELECT u, i, '{{}}' FROM generate_series(1, 20) u, generate_series(12, 1011) i; \
+             UPDATE users SET last_notification_id = 1011 WHERE id BETWEEN 1 AND 20",
+            NOW - day,
+            NOW + day
+        ),
+    );
+    (10..30).for_each(round);
+    drop(store);
+
+    // The store's session flushes its counts as it ends, all at once: once its 400 trims
+    // are counted (beside the 220 rows deleted above), so are its scans.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scans_after = loop {
+        let (scans, deleted) = counts();
+        if deleted == "620" {
+            break scans;
+        }
+        assert!(Instant::now() < deadline, "the store's counts never arrived: {scans} {deleted}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(scans_after, scans_before);
+    // And every window was trimmed: each user keeps their last 1000, ids 32 to 1031.
+    assert_eq!(
+        pg.psql(
+            "scans",
+            "SELECT count(*), min(id), max(id), count(DISTINCT user_id) FROM notifications"
+        ),
+        "20000|32|1031|20"
+    );
+}

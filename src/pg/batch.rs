@@ -105,17 +105,29 @@ pub(super) const USER: &str = concat!(
 
 /// Every notification of the batch, the users' last ids, the kept window, and every NOTIFY
 /// in write order (a set-returning function over an array runs in the array's order).
-/// Rows of this statement are not visible to its own DELETE: a user given more than
-/// `KEPT_NOTIFICATIONS` in one batch keeps a few more until their next one.
+///
+/// The window is trimmed by its range: a user's ids are contiguous across batches, so the
+/// rows this batch pushes out of the window are exactly those after the last batch's
+/// `last - kept` and up to this one's, `(first - 1 - kept, last - kept]`. A range bounded on
+/// both sides reads only those rows through the primary key. Bounded below only (as this
+/// was, `id <= last - kept`), the index scan starts at the user's oldest entry and walks
+/// every entry of a row deleted since the last vacuum, one per notification; and the
+/// planner, estimating a third of the user's rows for it, chose a hash join over a
+/// sequential scan of the whole table instead: every batch read every user's kept
+/// notifications (docs/cluster.md, "Session 7"). A user given more than
+/// `KEPT_NOTIFICATIONS` in one batch (rows of this statement are not visible to its own
+/// DELETE) does not store the ones already out of the window; they are still pushed and
+/// NOTIFYed.
 pub(super) const NOTES: &str = concat!(
     "WITH n AS (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[]) ",
     "AS n (user_id, id, data)), ",
-    "ins AS (INSERT INTO notifications (user_id, id, data) SELECT user_id, id, data FROM n), ",
-    "last AS (SELECT user_id, MAX(id) AS id FROM n GROUP BY user_id), ",
+    "last AS (SELECT user_id, MIN(id) AS first, MAX(id) AS id FROM n GROUP BY user_id), ",
+    "ins AS (INSERT INTO notifications (user_id, id, data) SELECT n.user_id, n.id, n.data ",
+    "FROM n JOIN last ON last.user_id = n.user_id WHERE n.id > last.id - $4::BIGINT), ",
     "ids AS (UPDATE users SET last_notification_id = last.id FROM last ",
     "WHERE users.id = last.user_id), ",
-    "old AS (DELETE FROM notifications d USING last ",
-    "WHERE d.user_id = last.user_id AND d.id <= last.id - $4::BIGINT) ",
+    "old AS (DELETE FROM notifications d USING last WHERE d.user_id = last.user_id ",
+    "AND d.id > last.first - 1 - $4::BIGINT AND d.id <= last.id - $4::BIGINT) ",
     "SELECT pg_notify($5::TEXT, p) FROM unnest($6::TEXT[]) AS p"
 );
 

@@ -7,6 +7,15 @@
 //! adds a client-side deadline around every call for a server that is there but does not
 //! answer. A session a node left mid-transaction is ended by the server after
 //! `idle_in_transaction_session_timeout`, so its row locks cannot block the other nodes.
+//!
+//! Every statement a node sends finds its rows by key (the tickets' sweep excepted, whose
+//! table has no index to use and stays small), and a session keeps the plans of its prepared
+//! statements. A plan made while a table was nearly empty, as every table is on a new
+//! database, reads the table whole, and keeps doing so as the table grows, until autovacuum
+//! happens to invalidate it: on a database a minute old, each batch read every user's kept
+//! notifications. So our sessions run with `enable_seqscan=off`, which leaves the planner
+//! an index wherever there is one, whatever the tables' sizes at planning time
+//! (docs/cluster.md, "Session 7").
 
 use super::error::{full_text, PgError};
 use super::tls;
@@ -44,7 +53,8 @@ pub fn client_config(uri: &PgUri, application: &str) -> tokio_postgres::Config {
         .tcp_user_timeout(TCP_USER_TIMEOUT)
         .options(format!(
             "-c statement_timeout={STATEMENT_TIMEOUT_MS} \
-             -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+             -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS} \
+             -c enable_seqscan=off"
         ))
         .application_name(uri.application_name.as_deref().unwrap_or(application));
     config.ssl_mode(match effective_sslmode(uri) {

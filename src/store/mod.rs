@@ -41,7 +41,10 @@ use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// How many notifications per user are kept for `Last-Event-ID` resume.
+/// How many notifications per user are kept for `Last-Event-ID` resume. PostgreSQL's batches
+/// trim each user's window by the range their own notifications push out of it
+/// (`pg::batch::NOTES`): a release that made this smaller would have to delete the rows
+/// between the old and the new window once, or they would stay.
 pub const KEPT_NOTIFICATIONS: u64 = 1000;
 
 #[derive(Debug)]
