@@ -704,6 +704,69 @@ fn a_batch_creating_a_user_takes_its_rows_in_ascending_id_and_cannot_deadlock() 
     assert_eq!(pg.psql("ascending", "SELECT total_spent FROM users WHERE id = 7"), "70");
 }
 
+/// A user another node created while a batch was in flight is written under its row lock
+/// all the same. The batch's lock statement ran before the user existed, so it took no lock
+/// on that row; read without one, the row's last notification id predates a third node's
+/// notification the write then waits for, and the batch gave out that id again (a
+/// duplicate key: the whole batch failed).
+#[test]
+fn a_user_created_by_another_node_mid_batch_gets_the_next_id() {
+    let pg = Pg::start();
+    let uri = pg.create_db("created");
+    let store = open(&uri);
+    setup_user(&store, UserId(5));
+    // 1. The gate holds user 5: the batch (user 5, then user 9) waits in its lock statement,
+    //    whose snapshot has no user 9.
+    let mut gate = plain_client(&pg, "created", "gate");
+    gate.batch_execute("BEGIN; SELECT 1 FROM users WHERE id = 5 FOR UPDATE").unwrap();
+    let ops: Vec<WriteOp> = [5, 9]
+        .map(|user| WriteOp::Transaction {
+            user: UserId(user),
+            amount: user,
+            description: None,
+            occurred_at_ms: NOW,
+        })
+        .into();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let batch = std::thread::spawn(move || {
+        let backend = Backend::Postgres(store);
+        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
+        let _ = done_tx.send(outcome.map(|(applied, _)| applied));
+        backend
+    });
+    wait_for_lock_wait(&pg, "created", "periode-sse store");
+    // 2. Another node creates user 9, with a limit, and commits.
+    setup_user(&open(&uri), UserId(9));
+    // 3. A third holds user 9's row with its notification 1, not committed yet.
+    let mut third = plain_client(&pg, "created", "third");
+    third
+        .batch_execute(
+            "BEGIN; UPDATE users SET last_notification_id = 1 WHERE id = 9; \
+             INSERT INTO notifications (user_id, id, data) VALUES (9, 1, '{}')",
+        )
+        .unwrap();
+    // 4. The gate lets go: the batch writes for user 5 and waits for user 9's row; then the
+    //    third commits.
+    gate.batch_execute("COMMIT").unwrap();
+    wait_for_lock_wait(&pg, "created", "periode-sse store");
+    third.batch_execute("COMMIT").unwrap();
+
+    let applied = done.recv_timeout(Duration::from_secs(10)).expect("the batch ended");
+    let applied = applied.expect("the batch is applied");
+    drop(batch.join().unwrap());
+    let notes: Vec<(u16, Option<(UserId, u64)>)> = applied
+        .iter()
+        .map(|a| (a.response.status, a.notification.as_ref().map(|n| (n.user, n.id))))
+        .collect();
+    assert_eq!(notes, [(201, Some((UserId(5), 1))), (201, Some((UserId(9), 2)))]);
+    let q = |sql: &str| pg.psql("created", sql);
+    assert_eq!(
+        q("SELECT string_agg(id::text, ',' ORDER BY id) FROM notifications WHERE user_id = 9"),
+        "1,2"
+    );
+    assert_eq!(q("SELECT last_notification_id, total_spent FROM users WHERE id = 9"), "2|9");
+}
+
 /// A write's cost must not grow with the number of users or with their kept notifications:
 /// no statement of a batch may read a whole table, also when the store's session prepared
 /// its statements while the tables were nearly empty (PostgreSQL keeps a session's plans).
@@ -727,13 +790,17 @@ fn no_batch_reads_a_whole_table_whatever_its_size() {
         let row = pg.psql(
             "scans",
             "SELECT string_agg(relname || ' ' || seq_scan, ', ' ORDER BY relname), \
-             sum(n_tup_del) FILTER (WHERE relname = 'notifications') FROM pg_stat_user_tables \
+             sum(n_tup_del) FILTER (WHERE relname = 'notifications'), \
+             (SELECT idx_tup_read FROM pg_stat_user_indexes \
+              WHERE indexrelname = 'notifications_pkey') \
+             FROM pg_stat_user_tables \
              WHERE relname IN ('users', 'limits', 'transactions', 'notifications')",
         );
-        let (scans, deleted) = row.split_once('|').unwrap_or_else(|| panic!("{row}"));
-        (scans.to_string(), deleted.to_string())
+        let fields: Vec<&str> = row.split('|').collect();
+        let [scans, deleted, read] = fields[..] else { panic!("{row}") };
+        (scans.to_string(), deleted.to_string(), read.parse::<u64>().unwrap())
     };
-    let (scans_before, _) = counts();
+    let (scans_before, _, read_before) = counts();
 
     let store = Backend::Postgres(open(&uri));
     let round = |n: i64| {
@@ -785,15 +852,22 @@ fn no_batch_reads_a_whole_table_whatever_its_size() {
     // The store's session flushes its counts as it ends, all at once: once its 400 trims
     // are counted (beside the 220 rows deleted above), so are its scans.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let scans_after = loop {
-        let (scans, deleted) = counts();
+    let (scans_after, read_after) = loop {
+        let (scans, deleted, read) = counts();
         if deleted == "620" {
-            break scans;
+            break (scans, read);
         }
         assert!(Instant::now() < deadline, "the store's counts never arrived: {scans} {deleted}");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(scans_after, scans_before);
+    // Nor does a trim walk the entries of rows deleted before: the notifications' key is
+    // read for the rows deleted, the store's 400 and the 220 above, and nothing else. (A
+    // range open below starts at the user's oldest entry and reads the entries of rows
+    // deleted since the last vacuum: 1 220 here, more where a bitmap scan cannot mark
+    // them dead.)
+    let read = read_after - read_before;
+    assert_eq!(read, 620, "entries of notifications_pkey read for 620 deleted rows");
     // And every window was trimmed: each user keeps their last 1000, ids 32 to 1031.
     assert_eq!(
         pg.psql(

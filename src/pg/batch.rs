@@ -23,7 +23,11 @@
 //!    returned: it sees every commit of those users by any node. Each write's
 //!    statement checks its refusal (unknown user, total overflow) in SQL, makes its change
 //!    and returns the user's state after it (active, limit, the period's spending, the last
-//!    notification id), which is all the answer and the notification need.
+//!    notification id), which is all the answer and the notification need. It reads the
+//!    user's row `FOR UPDATE` itself, a no-op for a row the lock statement took: a user
+//!    another node created after that statement's snapshot was not locked by it, and read
+//!    without a lock, its last id could be older than a third node's commit the write
+//!    then waits for, and the batch would give out that node's id again.
 //! 2. One statement for all the notifications (their ids, the kept window, the users' last
 //!    ids) and every NOTIFY of the batch in write order, then `COMMIT`.
 //!
@@ -62,7 +66,7 @@ pub(super) const LOCK: &str =
 /// A transaction: refused without a row (unknown user) or with a NULL id (total overflow).
 pub(super) const TRANSACTION: &str = concat!(
     "WITH u AS (SELECT id, active, last_notification_id, total_spent FROM users ",
-    "WHERE id = $1::BIGINT), ",
+    "WHERE id = $1::BIGINT FOR UPDATE), ",
     "ok AS (UPDATE users SET total_spent = users.total_spent + $2::BIGINT FROM u ",
     "WHERE users.id = u.id AND u.total_spent::NUMERIC + $2::BIGINT ",
     "BETWEEN -9223372036854775808 AND 9223372036854775807 RETURNING users.id), ",
@@ -80,7 +84,8 @@ pub(super) const TRANSACTION: &str = concat!(
 
 /// A new limit: refused without a row (unknown user). Its period's history is summed once.
 pub(super) const LIMIT: &str = concat!(
-    "WITH u AS (SELECT id, active, last_notification_id FROM users WHERE id = $1::BIGINT), ",
+    "WITH u AS (SELECT id, active, last_notification_id FROM users WHERE id = $1::BIGINT ",
+    "FOR UPDATE), ",
     "s AS (SELECT ",
     saturated!("COALESCE(SUM(amount), 0)"),
     " AS spent FROM transactions WHERE user_id = $1::BIGINT ",
