@@ -10,6 +10,10 @@
 #   pg-2       two nodes, streams and writers spread   (two processes, one port each)
 #   mem-*      N = MEM_STREAMS idle streams, one node per backend (memory per stream)
 #
+# Each PostgreSQL run has a new database, dropped after it (then a CHECKPOINT): a run's
+# writers leave dead rows and dirty pages whose autovacuum and checkpoint would otherwise
+# land in the next run's idle figures.
+#
 # Every fan-out run: STREAMS streams (100 per user) at --heartbeat 1; ROUNDS fan-out rounds
 # to user 1's 100 streams, idle; 5 s of heartbeats (lateness of other users' streams, idle);
 # then WRITERS closed-loop writers for WRITERS_SECS while the probe and the heartbeat lateness
@@ -112,6 +116,9 @@ for i in $(seq 1 100); do psql 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; d
 psql 'SELECT 1' >/dev/null
 echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on port $pg_port (pid $pg_pid)" >&2
 new_db() { psql "CREATE DATABASE $1" && echo "postgres://postgres@127.0.0.1:$pg_port/$1?sslmode=disable"; }
+# After a run: its database goes, and a checkpoint writes what its writers left dirty, so
+# that the next run's idle figures do not carry this one's autovacuum and checkpoint I/O.
+end_db() { psql "DROP DATABASE $1 WITH (FORCE)" && psql "CHECKPOINT"; }
 
 secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 node_port=""
@@ -145,6 +152,7 @@ fi
 if wanted pg-1; then
   uri=$(new_db pg1) # not inside run's arguments, where a failure would not stop the script
   run pg-1 --server "$bin" --db "$uri" "${fanout_args[@]}"
+  end_db pg1
 fi
 
 if wanted pg-cross; then
@@ -157,6 +165,7 @@ if wanted pg-cross; then
     --secret "$secret" "${fanout_args[@]}"
   for p in "${node_pids[@]}"; do stop_pid "$p" TERM 5; done
   node_pids=()
+  end_db xnode
 fi
 
 if wanted pg-2; then
@@ -169,6 +178,7 @@ if wanted pg-2; then
     --secret "$secret" "${fanout_args[@]}"
   for p in "${node_pids[@]}"; do stop_pid "$p" TERM 5; done
   node_pids=()
+  end_db two
 fi
 
 mem_args=(--streams "$mem_streams" --fanout-posts 0 --quiet)
