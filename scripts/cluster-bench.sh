@@ -79,7 +79,10 @@ trap 'exit 130' INT TERM
 free_port() {
   local p i
   for i in $(seq 1 100); do
-    p=$((20000 + RANDOM % 40000))
+    # Below the kernel's ephemeral range (ip_local_port_range, 32768 and up by default):
+    # there the last run's thousands of client sockets may still hold the port, and a
+    # listener cannot bind it even though nothing listens.
+    p=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
   done
   echo "no free port" >&2

@@ -95,6 +95,45 @@ fn heartbeats_carry_epoch_ms_and_no_id() {
     );
 }
 
+/// Streams that connect together have their heartbeats due together; a turn sends only
+/// some of them (so that events go out between) and the next turns the rest. 300 streams
+/// opened at once, well past one turn's share: every one of them gets its heartbeats, each
+/// a period after the last.
+#[test]
+fn heartbeats_due_together_all_go_out() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--heartbeat", "1", "--max-conns-per-user", "400"]);
+    let request = format!(
+        "GET {STREAM} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        server.token(13)
+    );
+    let mut socks: Vec<std::net::TcpStream> = (0..300).map(|_| connect(server.addr)).collect();
+    for sock in &mut socks {
+        sock.write_all(request.as_bytes()).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for (i, sock) in socks.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Two heartbeats: the first fired, and the stream was given its next deadline.
+        while count(&seen, b"event: heartbeat\n") < 2 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "stream {i} of 300 got no second heartbeat within 15 s");
+            sock.set_read_timeout(Some(left)).unwrap();
+            match sock.read(&mut chunk) {
+                Ok(0) => panic!("stream {i} closed: {}", String::from_utf8_lossy(&seen)),
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("stream {i}: {e}"),
+            }
+        }
+        assert!(seen.starts_with(b"HTTP/1.1 200 OK\r\n"), "stream {i}");
+    }
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
 #[test]
 fn two_streams_are_counted_and_a_dropped_one_is_removed() {
     let server = Server::start(&[]);

@@ -48,7 +48,9 @@ pub(super) struct Ctx {
     pub(super) scratch_out: Vec<u8>,
     /// Reused copy of one user's slab indices during a fan-out (writes need `conns` mutably).
     pub(super) fanout_keys: Vec<u32>,
-    pub(super) due: Vec<ConnKey>,
+    /// Connections whose deadline has passed, not yet handled: a turn handles at most
+    /// `TIMERS_PER_TURN` of them and leaves the rest, oldest first, to the next.
+    pub(super) due: std::collections::VecDeque<ConnKey>,
     /// The wheel's due indices, before they are named as `due`'s keys.
     pub(super) due_index: Vec<usize>,
     /// This turn's heartbeat frame (every heartbeat in a turn carries the same timestamp).
@@ -144,7 +146,7 @@ impl Ctx {
             scratch_in: Vec::with_capacity(read_chunk * 2),
             scratch_out: Vec::with_capacity(64 * 1024),
             fanout_keys: Vec::new(),
-            due: Vec::new(),
+            due: std::collections::VecDeque::new(),
             due_index: Vec::new(),
             heartbeat_frame: None,
             again: Vec::new(),

@@ -132,6 +132,12 @@ const PARK_DEADLINE_MS: u64 = 1_500;
 const PING_EVERY_MS: u64 = 1_000;
 /// How many of the store thread's answers one turn takes (the rest wait for the next).
 const STORE_ANSWERS_PER_TURN: usize = 1024;
+/// How many expired deadlines one turn handles (the rest wait for the next, which follows
+/// at once). Streams that connected together have their heartbeats due together, every
+/// period: 19 000 of them are ~130 ms of writes, and an event committed meanwhile would
+/// wait for all of them. 128 heartbeats are well under a millisecond, after which the turn
+/// reads requests and fans out what the store answered before it sends more.
+const TIMERS_PER_TURN: usize = 128;
 /// How long accept waits after running out of descriptors, when even the spare is gone.
 const ACCEPT_PAUSE_MS: u64 = 100;
 
@@ -397,6 +403,7 @@ impl Server {
 
     fn poll_timeout(&self, now: Now) -> Option<Duration> {
         if !self.ctx.again.is_empty()
+            || !self.ctx.due.is_empty()
             || !self.ctx.batch.is_empty()
             || !self.ctx.loads_wanted.is_empty()
             || self.accept_more
@@ -625,20 +632,27 @@ impl Server {
     }
 
     fn expire_timers(&mut self, now: Now) {
-        let mut due = std::mem::take(&mut self.ctx.due);
         let mut due_index = std::mem::take(&mut self.ctx.due_index);
-        due.clear();
         due_index.clear();
         self.ctx.wheel.expire_due(now.mono_ms, &mut due_index);
         // The wheel keeps no generations: an index it holds is always the connection's that
         // holds it now (`reap` cancels an index's deadline whenever it frees it). Named all
-        // at once, before any handler runs, as the wheel's own keys were.
+        // at once, before any handler runs, as the wheel's own keys were; a key left for a
+        // later turn whose connection has gone since no longer matches its generation.
         let conns = &self.conns;
-        due.extend(
+        self.ctx.due.extend(
             due_index.drain(..).filter_map(|i| conns.get(i).map(|c| ConnKey::new(i, c.gen))),
         );
         self.ctx.due_index = due_index;
-        for &key in &due {
+        // Taken one at a time, so that a handler's panic (caught in `on_conn`) loses no other
+        // connection's deadline.
+        for _ in 0..TIMERS_PER_TURN {
+            let Some(key) = self.ctx.due.pop_front() else { break };
+            // Left from an earlier turn and given a new deadline since (its request was
+            // answered, an event reset its heartbeat): the wheel fires it again when due.
+            if self.ctx.wheel.deadline(key).is_some() {
+                continue;
+            }
             self.on_conn(key, now, |conn, key, ctx, now| match &conn.phase {
                 Phase::Stream(_) => streams::on_timer(conn, key, ctx, now),
                 Phase::Request => requests::on_request_timer(conn, key, ctx, now),
@@ -646,7 +660,6 @@ impl Server {
                 Phase::Committing => Verdict::Continue,
             });
         }
-        self.ctx.due = due;
     }
 
     /// Step 7: the batches that have come back are answered and fanned out; then this
