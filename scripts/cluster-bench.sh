@@ -109,7 +109,7 @@ fi
 pg_port=$(free_port)
 "${as_pg[@]}" env LC_ALL=C "$pg_bin/initdb" -D "$work/pg" -A trust -U postgres -E UTF8 \
   >"$out/initdb.log" 2>&1
-# max_connections: each node holds a store and a listener connection (docs/cluster.md).
+# max_connections: each node holds three connections: store, reads, listener (docs/cluster.md).
 "${as_pg[@]}" "$pg_bin/postgres" -D "$work/pg" -p "$pg_port" -c listen_addresses=127.0.0.1 \
   -c "unix_socket_directories=$work" -c max_connections=50 -c shared_buffers=64MB \
   -c log_min_messages=fatal >"$out/pg.log" 2>&1 &
