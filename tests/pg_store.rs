@@ -1,7 +1,8 @@
 //! The PostgreSQL store against a real, throwaway PostgreSQL (tests/pg_harness): the reads
 //! and batched writes, schema creation racing on an empty database, concurrent writers on
 //! several stores, PostgreSQL stopped and restarted, a backend that stops answering, TLS,
-//! and the password kept out of every error.
+//! the password kept out of every error, deadlocks, a user created by another node
+//! mid-batch, and no batch reading a whole table.
 #![cfg(feature = "postgres")]
 
 mod pg_harness;
@@ -592,6 +593,26 @@ fn wait_for_lock_wait(pg: &Pg, db: &str, application: &str) {
     }
 }
 
+/// What a batch run on its own thread comes back with.
+type Outcome = periode_sse::store::Result<Vec<periode_sse::writes::Applied>>;
+
+/// Runs `ops` as one batch of `store` on a thread of its own (the test goes on to make the
+/// batch wait, or let it go): its outcome arrives on the receiver, and the thread gives the
+/// store back when joined.
+fn batch_on_a_thread(
+    store: PgStore,
+    ops: Vec<WriteOp>,
+) -> (std::sync::mpsc::Receiver<Outcome>, std::thread::JoinHandle<Backend>) {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let batch = std::thread::spawn(move || {
+        let backend = Backend::Postgres(store);
+        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
+        let _ = done_tx.send(outcome.map(|(applied, _)| applied));
+        backend
+    });
+    (done, batch)
+}
+
 #[test]
 fn a_batch_aborted_as_a_deadlock_is_run_again_and_applied_once() {
     let pg = Pg::start();
@@ -619,14 +640,8 @@ fn a_batch_aborted_as_a_deadlock_is_run_again_and_applied_once() {
             occurred_at_ms: NOW,
         })
         .collect();
-    let (done_tx, done) = std::sync::mpsc::channel();
-    let batch = std::thread::spawn(move || {
-        let backend = Backend::Postgres(store);
-        let started = Instant::now();
-        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
-        let _ = done_tx.send((outcome.map(|(applied, _)| applied), started.elapsed()));
-        backend
-    });
+    let started = Instant::now();
+    let (done, batch) = batch_on_a_thread(store, ops);
     wait_for_lock_wait(&pg, "deadlock", "periode-sse store");
     let mut other = plain_client(&pg, "deadlock", "other");
     let other = std::thread::spawn(move || {
@@ -640,7 +655,8 @@ fn a_batch_aborted_as_a_deadlock_is_run_again_and_applied_once() {
     wait_for_lock_wait(&pg, "deadlock", "other");
     gate.batch_execute("COMMIT").unwrap();
 
-    let (outcome, took) = done.recv_timeout(Duration::from_secs(10)).expect("the batch ended");
+    let outcome = done.recv_timeout(Duration::from_secs(10)).expect("the batch ended");
+    let took = started.elapsed();
     other.join().unwrap();
     let backend = batch.join().unwrap();
     let applied = outcome.expect("the batch was run again after the deadlock");
@@ -676,7 +692,7 @@ fn a_batch_creating_a_user_takes_its_rows_in_ascending_id_and_cannot_deadlock() 
     // waits for 5 holding nothing, and the other node goes through.
     let mut other = plain_client(&pg, "ascending", "other");
     other.batch_execute("BEGIN; INSERT INTO users (id, active) VALUES (5, false)").unwrap();
-    let ops = [
+    let ops = vec![
         WriteOp::User { user: UserId(5), active: true },
         WriteOp::Transaction {
             user: UserId(7),
@@ -685,13 +701,7 @@ fn a_batch_creating_a_user_takes_its_rows_in_ascending_id_and_cannot_deadlock() 
             occurred_at_ms: NOW,
         },
     ];
-    let (done_tx, done) = std::sync::mpsc::channel();
-    let batch = std::thread::spawn(move || {
-        let backend = Backend::Postgres(store);
-        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
-        let _ = done_tx.send(outcome.map(|(applied, _)| applied));
-        backend
-    });
+    let (done, batch) = batch_on_a_thread(store, ops);
     wait_for_lock_wait(&pg, "ascending", "periode-sse store");
     other.batch_execute("SELECT 1 FROM users WHERE id = 7 FOR UPDATE; COMMIT").unwrap();
     let applied = done.recv_timeout(Duration::from_secs(10)).expect("the batch ended").unwrap();
@@ -727,13 +737,7 @@ fn a_user_created_by_another_node_mid_batch_gets_the_next_id() {
             occurred_at_ms: NOW,
         })
         .into();
-    let (done_tx, done) = std::sync::mpsc::channel();
-    let batch = std::thread::spawn(move || {
-        let backend = Backend::Postgres(store);
-        let outcome = backend.apply_batch(&ops.iter().collect::<Vec<_>>(), NOW);
-        let _ = done_tx.send(outcome.map(|(applied, _)| applied));
-        backend
-    });
+    let (done, batch) = batch_on_a_thread(store, ops);
     wait_for_lock_wait(&pg, "created", "periode-sse store");
     // 2. Another node creates user 9, with a limit, and commits.
     setup_user(&open(&uri), UserId(9));

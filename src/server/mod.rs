@@ -644,8 +644,7 @@ impl Server {
             due_index.drain(..).filter_map(|i| conns.get(i).map(|c| ConnKey::new(i, c.gen))),
         );
         self.ctx.due_index = due_index;
-        // Taken one at a time, so that a handler's panic (caught in `on_conn`) loses no other
-        // connection's deadline.
+        // Taken one at a time: what this turn leaves stays in `ctx.due`, oldest first.
         for _ in 0..TIMERS_PER_TURN {
             let Some(key) = self.ctx.due.pop_front() else { break };
             // Left from an earlier turn and given a new deadline since (its request was
